@@ -1,0 +1,203 @@
+"""Storage over fsspec: resolving URLs, atomic writes, fresh listings.
+
+Three ways to publish an object whole or not at all, one per kind of store:
+
+* **Local disk** (:class:`fsspec.implementations.local.LocalFileSystem`): write a
+  sibling ``.<name>.<uuid>.partial``, fsync it, ``os.replace`` (or ``os.link``
+  when the write must not replace anything), then fsync the folder. A crash
+  leaves at most a dot-prefixed temp file that no listing treats as data.
+* **Object stores with uploads** (s3fs, gcsfs, adlfs: files derived from
+  :class:`fsspec.spec.AbstractBufferedFile`): open with ``autocommit=False`` so
+  nothing is visible until ``commit()``; ``discard()`` aborts the upload.
+  Exclusive writes use mode ``"xb"`` (S3 ``If-None-Match: *``). Never ``mv``:
+  on S3 a move is a copy plus a delete.
+* **Anything else** (``memory://`` and other in-process stores): a temp sibling
+  moved into place with ``fs.mv``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+
+from .errors import StepExistsError, StorageError
+
+__all__ = ["atomic_write", "fresh_listing", "is_temp_name", "resolve", "url_of"]
+
+TEMP_SUFFIX = ".partial"
+
+
+def resolve(
+    url_or_path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """Turn a path or URL plus fsspec ``storage_options`` into ``(fs, path)``."""
+    return fsspec.url_to_fs(os.fspath(url_or_path), **(storage_options or {}))
+
+
+def url_of(fs: AbstractFileSystem, path: str) -> str:
+    """The full URL of ``path`` on ``fs`` (plain path for local disk)."""
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a base name is an in-progress temp file of :func:`atomic_write`."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def fresh_listing(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
+    """List ``path`` with details, bypassing fsspec's listing cache.
+
+    A folder that does not exist lists as empty (object stores have no folders).
+    """
+    fs.invalidate_cache(path)
+    try:
+        return fs.ls(path, detail=True, refresh=True)
+    except TypeError:  # implementations whose ls() takes no ``refresh``
+        return fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+
+
+def _temp_sibling(path: str) -> str:
+    folder, _, name = path.rpartition("/")
+    temp = f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+    return f"{folder}/{temp}" if folder else temp
+
+
+@contextmanager
+def atomic_write(
+    fs: AbstractFileSystem, path: str, *, exclusive: bool = False
+) -> Iterator[IO[bytes]]:
+    """Open ``path`` for writing so that it appears whole or not at all.
+
+    Yields a binary file. If the body raises, nothing is published, a
+    previous object at ``path`` is untouched and no temp file remains.
+    With ``exclusive=True`` an existing object is never replaced:
+    :class:`StepExistsError` is raised instead.
+    """
+    if isinstance(fs, LocalFileSystem):
+        writer = _local_atomic_write(path, exclusive)
+    else:
+        writer = _remote_atomic_write(fs, path, exclusive)
+    with writer as f:
+        yield f
+
+
+@contextmanager
+def _local_atomic_write(path: str, exclusive: bool) -> Iterator[IO[bytes]]:
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create folder {folder}: {exc}") from exc
+    if exclusive and os.path.lexists(path):
+        raise StepExistsError(f"{path}: already exists")
+    temp = _temp_sibling(path)
+    try:
+        with open(temp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise StepExistsError(f"{path}: already exists") from None
+            os.unlink(temp)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _remote_atomic_write(
+    fs: AbstractFileSystem, path: str, exclusive: bool
+) -> Iterator[IO[bytes]]:
+    parent = fs._parent(path)
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+    if exclusive and _exists_fresh(fs, path):
+        raise StepExistsError(f"{url_of(fs, path)}: already exists")
+    # Opening the temp sibling tells which kind of file this store gives:
+    # a buffered upload sends nothing before its first flush, so it is
+    # dropped and the real path is opened uncommitted instead.
+    temp = _temp_sibling(path)
+    f = fs.open(temp, "wb", autocommit=False)
+    if isinstance(f, AbstractBufferedFile):
+        _drop(f)
+        upload = fs.open(path, "xb" if exclusive else "wb", autocommit=False)
+        with _uploading(fs, path, upload) as out:
+            yield out
+    else:
+        with _moved_into_place(fs, temp, f, path, exclusive) as out:
+            yield out
+
+
+def _drop(f: AbstractBufferedFile) -> None:
+    """Abort an uncommitted upload; closed, so that ``__del__`` sends nothing."""
+    try:
+        f.discard()
+    finally:
+        f.closed = True
+
+
+@contextmanager
+def _uploading(
+    fs: AbstractFileSystem, path: str, f: AbstractBufferedFile
+) -> Iterator[IO[bytes]]:
+    try:
+        yield f
+        f.close()
+        try:
+            f.commit()
+        except FileExistsError:
+            raise StepExistsError(f"{url_of(fs, path)}: already exists") from None
+    except BaseException:
+        _drop(f)
+        raise
+    finally:
+        fs.invalidate_cache(path)
+
+
+@contextmanager
+def _moved_into_place(
+    fs: AbstractFileSystem, temp: str, f: IO[bytes], path: str, exclusive: bool
+) -> Iterator[IO[bytes]]:
+    try:
+        with f:
+            yield f
+        if exclusive and _exists_fresh(fs, path):
+            raise StepExistsError(f"{url_of(fs, path)}: already exists")
+        fs.mv(temp, path)
+    except BaseException:
+        if _exists_fresh(fs, temp):
+            fs.rm(temp)
+        raise
+
+
+def _exists_fresh(fs: AbstractFileSystem, path: str) -> bool:
+    fs.invalidate_cache(path)
+    return fs.exists(path)
