@@ -1,0 +1,158 @@
+"""storage.fs: URLs resolve to filesystems; writes publish whole objects or nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from storage.errors import StepExistsError
+from storage.fs import atomic_write, fresh_listing, is_temp_name, resolve, url_of
+
+from .conftest import BUCKET, Root
+
+BIG = 6 * 2**20  # past s3fs's 5 MiB minimum part: a multipart upload really starts
+
+
+class Boom(Exception):
+    pass
+
+
+def names(root: Root, folder: str) -> list[str]:
+    fs, path = resolve(root.join(folder), root.storage_options)
+    return sorted(entry["name"].rsplit("/", 1)[-1] for entry in fresh_listing(fs, path))
+
+
+def write(root: Root, rel: str, data: bytes, *, exclusive: bool = False) -> None:
+    fs, path = resolve(root.join(rel), root.storage_options)
+    with atomic_write(fs, path, exclusive=exclusive) as f:
+        f.write(data)
+
+
+def read(root: Root, rel: str) -> bytes:
+    fs, path = resolve(root.join(rel), root.storage_options)
+    return fs.cat_file(path)
+
+
+def test_written_object_reads_back_whole(root: Root) -> None:
+    write(root, "run/a.bin", b"abc" * 1000)
+    assert read(root, "run/a.bin") == b"abc" * 1000
+    assert names(root, "run") == ["a.bin"]
+
+
+def test_big_object_written_in_parts_reads_back_whole(root: Root) -> None:
+    data = os.urandom(BIG) + b"tail"
+    write(root, "run/big.bin", data)
+    assert read(root, "run/big.bin") == data
+
+
+def test_replacing_write_swaps_content(root: Root) -> None:
+    write(root, "run/a.bin", b"old")
+    write(root, "run/a.bin", b"new")
+    assert read(root, "run/a.bin") == b"new"
+
+
+@pytest.mark.parametrize("size", [10, BIG])
+def test_exception_inside_write_publishes_nothing(root: Root, size: int) -> None:
+    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
+    with pytest.raises(Boom):
+        with atomic_write(fs, path) as f:
+            f.write(b"x" * size)
+            f.flush()
+            raise Boom
+    assert not fs.exists(path)
+    assert names(root, "run") == []
+
+
+@pytest.mark.parametrize("size", [10, BIG])
+def test_exception_inside_write_keeps_previous_object(root: Root, size: int) -> None:
+    write(root, "run/a.bin", b"previous")
+    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
+    with pytest.raises(Boom):
+        with atomic_write(fs, path) as f:
+            f.write(b"x" * size)
+            f.flush()
+            raise Boom
+    assert read(root, "run/a.bin") == b"previous"
+    assert names(root, "run") == ["a.bin"]
+
+
+def test_exclusive_write_refuses_existing_object(root: Root) -> None:
+    write(root, "run/a.bin", b"first")
+    with pytest.raises(StepExistsError) as err:
+        write(root, "run/a.bin", b"second", exclusive=True)
+    assert isinstance(err.value, FileExistsError)
+    assert "a.bin" in str(err.value)
+    assert read(root, "run/a.bin") == b"first"
+    assert names(root, "run") == ["a.bin"]
+
+
+def test_exclusive_write_creates_missing_object(root: Root) -> None:
+    write(root, "run/a.bin", b"first", exclusive=True)
+    assert read(root, "run/a.bin") == b"first"
+
+
+def test_object_appears_only_when_write_completes(root: Root) -> None:
+    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
+    with atomic_write(fs, path) as f:
+        f.write(b"x" * BIG)
+        f.flush()
+        visible = [n for n in names(root, "run") if not is_temp_name(n)]
+        assert visible == []
+    assert names(root, "run") == ["a.bin"]
+
+
+def test_exclusive_race_second_commit_loses_on_s3(s3) -> None:
+    """Two uploads of one key opened before either commits: If-None-Match decides."""
+    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    with pytest.raises(StepExistsError):
+        with atomic_write(fs, path, exclusive=True) as first:
+            first.write(b"first" * 100)
+            with atomic_write(fs, path, exclusive=True) as second:
+                second.write(b"second" * 100)
+    assert fs.cat_file(path) == b"second" * 100
+    assert not fs.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads")
+
+
+def test_failed_s3_upload_leaves_no_multipart_upload(s3) -> None:
+    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    with pytest.raises(Boom):
+        with atomic_write(fs, path) as f:
+            f.write(b"x" * (12 * 2**20))
+            f.flush()
+            raise Boom
+    assert not fs.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads")
+    assert not fs.exists(path)
+
+
+def test_local_temp_file_is_a_dot_partial_sibling(tmp_path) -> None:
+    fs, path = resolve(str(tmp_path / "a.bin"))
+    with atomic_write(fs, path) as f:
+        f.write(b"x")
+        (temp,) = os.listdir(tmp_path)
+        assert is_temp_name(temp) and temp.startswith(".a.bin.")
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_listing_sees_objects_written_by_another_client(s3) -> None:
+    fs, folder = resolve(f"s3://{BUCKET}/run", s3.storage_options)
+    fs.pipe_file(f"{folder}/one", b"1")
+    assert [e["name"] for e in fresh_listing(fs, folder)] == [f"{folder}/one"]
+    other, _ = resolve(f"s3://{BUCKET}/run", {**s3.storage_options, "skip_instance_cache": True})
+    other.pipe_file(f"{folder}/two", b"2")
+    assert sorted(e["name"] for e in fresh_listing(fs, folder)) == [
+        f"{folder}/one",
+        f"{folder}/two",
+    ]
+
+
+def test_missing_folder_lists_empty(root: Root) -> None:
+    fs, path = resolve(root.join("nothing-here"), root.storage_options)
+    assert fresh_listing(fs, path) == []
+
+
+def test_url_of_keeps_protocol_for_remote_and_plain_path_for_local(tmp_path, s3) -> None:
+    fs, path = resolve(str(tmp_path / "x"))
+    assert url_of(fs, path) == str(tmp_path / "x")
+    fs, path = resolve(f"s3://{BUCKET}/x", s3.storage_options)
+    assert url_of(fs, path) == f"s3://{BUCKET}/x"
