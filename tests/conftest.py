@@ -3,10 +3,17 @@ parametrized over local disk, ``file://``, ``memory://`` and ``s3://``."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -117,3 +124,79 @@ def make_root(kind: str, tmp_path: Any, request: pytest.FixtureRequest) -> Root:
 def root(request: pytest.FixtureRequest, tmp_path: Any) -> Root:
     """An empty folder on local disk, ``file://``, ``memory://`` or S3."""
     return make_root(request.param, tmp_path, request)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Luigid:
+    """A real ``luigid`` central scheduler on 127.0.0.1 with its own state file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_path = folder / "luigid-state.pickle"
+        self.log_path = folder / "luigid.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        luigid = Path(sys.executable).with_name("luigid")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # The scheduler reads its settings from LUIGI_CONFIG_PATH: keep it empty
+        # so a developer's config cannot leak in; state_path comes from the CLI.
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(self.folder / "luigid.cfg")}
+        (self.folder / "luigid.cfg").write_text(
+            "[scheduler]\nretry_delay = 1\nworker_disconnect_delay = 5\n"
+        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(luigid), "--address", "127.0.0.1", "--port", str(self.port),
+                 "--state-path", str(self.state_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"luigid exited: {self.log_path.read_text()}")
+            try:
+                self.task_list()
+                return
+            except (requests.ConnectionError, requests.HTTPError):
+                time.sleep(0.1)
+        raise RuntimeError(f"luigid did not answer on {self.url}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def rpc(self, method: str, **args: Any) -> Any:
+        """Call the scheduler's JSON API, e.g. ``rpc("task_list", status="RUNNING")``."""
+        response = requests.get(
+            f"{self.url}/api/{method}", params={"data": json.dumps(args)}, timeout=10
+        )
+        response.raise_for_status()
+        return response.json()["response"]
+
+    def task_list(self, status: str = "", upstream_status: str = "") -> dict[str, Any]:
+        return self.rpc("task_list", status=status, upstream_status=upstream_status)
+
+
+@pytest.fixture
+def luigid(tmp_path: Path) -> Iterator[Luigid]:
+    """A running ``luigid`` on a free loopback port, stopped after the test."""
+    server = Luigid(tmp_path / "luigid")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
