@@ -1,0 +1,326 @@
+"""Safe unpickling: audit every global a pickle would import, then build.
+
+Loading is safe by default. Before anything is constructed, :func:`audit_pickle`
+walks the opcodes (``pickletools.genops``, nothing executed) and lists every
+global the stream names: ``GLOBAL``/``INST`` (protocols 0-1), ``STACK_GLOBAL``
+(protocol 2+, whose module and name strings are followed through the memo) and
+``EXT1/2/4`` (the copyreg extension registry). Any name outside the allowlist
+refuses the whole pickle with one :class:`UntrustedTypeError` naming all of
+them; :func:`restricted_unpickler` checks each name again as it is imported.
+
+Names are compared exactly, as ``"module.qualname"`` after three mappings:
+Python 2 names (``__builtin__.eval`` is ``builtins.eval``, as pickle's
+``fix_imports`` does), ``numpy.core`` to ``numpy._core`` under numpy 2, then the
+caller's ``renames``. The defaults are data types only: builtin containers and
+scalars, numpy arrays, dtypes, scalars and random generators, a few
+``collections`` and ``datetime`` types, and the ``copyreg`` helpers (their class
+arguments are globals of their own, so they only rebuild trusted classes).
+
+Not guarded: a trusted callable called with hostile arguments may still
+allocate a lot of memory (``bytes(10**10)``); nothing runs foreign code.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import copyreg
+import importlib
+import io
+import pickle
+import pickletools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import numpy.dtypes
+
+from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
+
+__all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restricted_unpickler"]
+
+TrustedSpec = Iterable["type | Callable[..., Any] | str"]
+
+_NUMPY_CORE_HELPERS = ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+_NUMPY_RANDOM = (
+    "_generator.Generator", "mtrand.RandomState", "_mt19937.MT19937", "_pcg64.PCG64",
+    "_pcg64.PCG64DXSM", "_philox.Philox", "_sfc64.SFC64", "bit_generator.SeedSequence",
+    "bit_generator.SeedlessSeedSequence", "bit_generator.__pyx_unpickle_SeedSequence",
+    "_pickle.__generator_ctor", "_pickle.__bit_generator_ctor", "_pickle.__randomstate_ctor",
+    "__RandomState_ctor",
+)
+_BUILTINS = (
+    "dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float",
+    "complex", "bool", "slice", "range", "object", "Ellipsis", "NotImplemented",
+)
+DEFAULT_TRUSTED: frozenset[str] = frozenset(
+    [f"builtins.{name}" for name in _BUILTINS]
+    + ["_codecs.encode", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"]
+    + ["collections.OrderedDict", "collections.deque", "collections.Counter",
+       "collections.defaultdict"]
+    + [f"datetime.{name}" for name in ("date", "time", "datetime", "timedelta", "timezone")]
+    + ["numpy.ndarray", "numpy.dtype"]
+    + [f"{core}.{helper}" for core in ("numpy.core", "numpy._core")
+       for helper in _NUMPY_CORE_HELPERS]
+    + [f"numpy.dtypes.{name}" for name in numpy.dtypes.__all__]
+    + [f"{t.__module__}.{t.__qualname__}" for t in set(np.sctypeDict.values())]
+    + [f"numpy.random.{name}" for name in _NUMPY_RANDOM]
+)
+"""Dotted names every load trusts (exact names, never whole modules)."""
+
+_registered: set[str] = set()
+_NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+_STRING_OPS = frozenset(
+    ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+     "BINUNICODE8"]
+)
+_GET_OPS = frozenset(["GET", "BINGET", "LONG_BINGET"])
+_PUT_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+_EXT_OPS = frozenset(["EXT1", "EXT2", "EXT4"])
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Globals a pickle would import, as dotted names after renames (sorted, unique)."""
+
+    globals: tuple[str, ...]
+    untrusted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Global:
+    """Stack value of the audit: a global imported under ``name``."""
+
+    name: str
+
+
+def _dotted(item: type | Callable[..., Any] | str) -> str:
+    if isinstance(item, str):
+        if not item or item.startswith(".") or "." not in item:
+            raise ValueError(f"not a dotted name 'module.qualname': {item!r}")
+        return item
+    return f"{item.__module__}.{item.__qualname__}"
+
+
+def register_trusted(*types_or_dotted_names: type | Callable[..., Any] | str) -> None:
+    """Trust classes (or ``"pkg.mod.Class"`` names) in every later load of this process."""
+    _registered.update(_dotted(item) for item in types_or_dotted_names)
+
+
+def _trusted_set(trusted: TrustedSpec) -> frozenset[str]:
+    if isinstance(trusted, str):
+        raise TypeError(f"trusted must be a list of classes or dotted names, not {trusted!r}")
+    return DEFAULT_TRUSTED | _registered | {_dotted(item) for item in trusted}
+
+
+def _resolve(module: str, name: str, renames: Mapping[str, str] | None) -> tuple[str, str]:
+    """Map Python 2 and numpy 1 names, then apply ``renames`` (exact name, else longest prefix)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    if _NUMPY2 and (module == "numpy.core" or module.startswith("numpy.core.")):
+        module = "numpy._core" + module[len("numpy.core"):]
+    if not renames:
+        return module, name
+    exact = renames.get(f"{module}.{name}")
+    if exact is not None:
+        new_module, _, new_name = exact.rpartition(".")
+        return new_module, new_name
+    prefixes = [old for old in renames if module == old or module.startswith(old + ".")]
+    if prefixes:
+        old = max(prefixes, key=len)
+        module = renames[old] + module[len(old):]
+    return module, name
+
+
+def audit_pickle(
+    data: bytes,
+    *,
+    trusted: TrustedSpec = (),
+    renames: Mapping[str, str] | None = None,
+    source: str = "<pickle>",
+) -> Audit:
+    """List the globals ``data`` would import, without constructing anything.
+
+    The stack and memo are simulated just enough to know which strings feed
+    ``STACK_GLOBAL``; operands that are not constant strings count as the
+    untrusted name ``"<dynamic global>"``. A ``BUILD`` whose target is an
+    imported global itself (setting attributes on a class or function) makes that
+    global untrusted. Work and memory are linear in ``len(data)``.
+
+    Raises
+    ------
+    CorruptPickleError
+        The stream is malformed (naming ``source``).
+    """
+    allowed = _trusted_set(trusted)
+    found: set[str] = set()
+    refused: set[str] = set()
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+
+    def pop(count: int, op: str) -> list[Any]:
+        if len(stack) - (marks[-1] if marks else 0) < count:
+            raise ValueError(f"stack underflow at {op}")
+        values = stack[len(stack) - count:]
+        del stack[len(stack) - count:]
+        return values
+
+    def imported(module: str, name: str) -> _Global:
+        dotted = ".".join(_resolve(module, name, renames))
+        found.add(dotted)
+        if dotted not in allowed:
+            refused.add(dotted)
+        return _Global(dotted)
+
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            op = opcode.name
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                if not marks:
+                    raise ValueError(f"{op} without MARK")
+                del stack[marks.pop():]
+                args = pop(before.index(pickletools.markobject), op)
+            else:
+                args = pop(len(before), op)
+            if op == "MARK":
+                marks.append(len(stack))
+            elif op in _STRING_OPS:
+                stack.append(arg)
+            elif op in _GET_OPS:
+                if arg not in memo:
+                    raise ValueError(f"{op} of missing memo key {arg}")
+                stack.append(memo[arg])
+            elif op in _PUT_OPS or op == "MEMOIZE":
+                value = args[0] if args else pop(1, op)[0]
+                stack.append(value)
+                memo[len(memo) if op == "MEMOIZE" else arg] = value
+            elif op == "DUP":
+                stack.extend(args * 2)
+            elif op in ("GLOBAL", "INST"):
+                module, _, name = arg.partition(" ")
+                result = imported(module, name)
+                stack.append(result if op == "GLOBAL" else None)
+            elif op == "STACK_GLOBAL":
+                if all(isinstance(value, str) for value in args):
+                    stack.append(imported(*args))
+                else:
+                    found.add("<dynamic global>")
+                    refused.add("<dynamic global>")
+                    stack.append(None)
+            elif op in _EXT_OPS:
+                key = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
+                if key is None:
+                    refused.add(f"<extension code {arg}>")
+                    stack.append(None)
+                else:
+                    stack.append(imported(*key))
+            else:
+                if op == "BUILD" and isinstance(args[0], _Global):
+                    refused.add(f"{args[0].name} (BUILD sets its attributes)")
+                stack.extend([None] * len(opcode.stack_after))
+    except (ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+        raise CorruptPickleError(f"{source}: malformed pickle: {exc}") from exc
+    return Audit(tuple(sorted(found)), tuple(sorted(refused)))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler whose ``find_class`` maps names and imports only trusted ones."""
+
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        source: str,
+        allowed: frozenset[str],
+        renames: Mapping[str, str] | None,
+        unsafe: bool,
+        persistent_load: Callable[[Any], Any] | None,
+    ) -> None:
+        super().__init__(file, encoding="latin1")
+        self._source = source
+        self._allowed = allowed
+        self._renames = renames
+        self._unsafe = unsafe
+        if persistent_load is not None:
+            self.persistent_load = persistent_load
+
+    def find_class(self, module: str, name: str) -> Any:
+        # docstring inherited
+        module, name = _resolve(module, name, self._renames)
+        dotted = f"{module}.{name}"
+        if not self._unsafe and dotted not in self._allowed:
+            raise UntrustedTypeError(self._source, [dotted])
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise CorruptPickleError(
+                f"{self._source}: cannot import {dotted} (moved? pass renames=...): {exc}"
+            ) from exc
+        return obj
+
+
+def restricted_unpickler(
+    file: IO[bytes],
+    *,
+    source: str,
+    trusted: TrustedSpec = (),
+    renames: Mapping[str, str] | None = None,
+    unsafe: bool = False,
+    persistent_load: Callable[[Any], Any] | None = None,
+) -> pickle.Unpickler:
+    """An unpickler over ``file`` that refuses untrusted globals as it meets them.
+
+    ``renames`` and the Python 2 / numpy 1 name mappings apply as in
+    :func:`audit_pickle`; ``unsafe=True`` imports any name; ``persistent_load``
+    resolves persistent ids. Byte strings of Python 2 pickles decode as latin-1.
+    """
+    return _RestrictedUnpickler(
+        file,
+        source=source,
+        allowed=_trusted_set(trusted),
+        renames=renames,
+        unsafe=unsafe,
+        persistent_load=persistent_load,
+    )
+
+
+def load_pickle(
+    data: bytes,
+    *,
+    source: str,
+    trusted: TrustedSpec = (),
+    renames: Mapping[str, str] | None = None,
+    unsafe: bool = False,
+    persistent_load: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Audit ``data``, then unpickle it with :func:`restricted_unpickler`.
+
+    Raises
+    ------
+    UntrustedTypeError
+        Naming every untrusted global (skipped when ``unsafe``).
+    CorruptPickleError
+        For any malformed stream; a :class:`CheckpointError` raised while loading
+        (for example by ``persistent_load``) passes through unchanged.
+    """
+    audit = audit_pickle(data, trusted=trusted, renames=renames, source=source)
+    if audit.untrusted and not unsafe:
+        raise UntrustedTypeError(source, audit.untrusted)
+    unpickler = restricted_unpickler(
+        io.BytesIO(data), source=source, trusted=trusted, renames=renames, unsafe=unsafe,
+        persistent_load=persistent_load,
+    )
+    try:
+        return unpickler.load()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a hostile stream can make any trusted constructor fail
+        raise CorruptPickleError(
+            f"{source}: malformed pickle: {type(exc).__name__}: {exc}"
+        ) from exc
