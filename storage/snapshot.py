@@ -1,0 +1,319 @@
+"""Numpy-only snapshots: the long-term format, readable with numpy alone.
+
+A snapshot is a ZIP of ``<name>.npy`` members (names as in the checkpoint
+archive, e.g. ``model/W.npy``) and a last member ``manifest.json``. There is no
+pickle anywhere, so reading one cannot run code, and ``numpy.load`` reads it
+completely::
+
+    import numpy as np
+    with np.load("snapshot.zip", allow_pickle=False) as snap:
+        weights = snap["model/W"]          # snap.files lists every name
+
+The manifest (JSON) holds ``format`` (``"luigi-checkpoint/snapshot"``),
+``format_version``, ``created`` (ISO-8601 UTC), ``source`` (``{"url", "step"}``
+of the checkpoint archive it came from, or null), user ``metadata`` and, per
+array, ``name``, ``member``, ``dtype`` (``dtype.str``), ``shape``, ``nbytes``
+and ``sha256`` (of the array's bytes in C order, as stored after the NPY
+header: ``hashlib.sha256(np.ascontiguousarray(a)).hexdigest()``).
+
+``FORMAT_VERSION`` is bumped only when a reader of the previous version would
+misread a new snapshot; readers keep accepting every older version.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import re
+import time
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import IO, Any
+
+import numpy as np
+
+from . import archive, npy
+from .errors import (
+    ArchiveError,
+    BadNpyHeaderError,
+    ChecksumError,
+    MissingMemberError,
+    NotAnArchiveError,
+    TruncatedArchiveError,
+)
+from .fs import atomic_write, resolve, url_of
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "load_snapshot",
+    "read_snapshot_manifest",
+    "save_snapshot",
+    "snapshot_from_archive",
+]
+
+FORMAT = "luigi-checkpoint/snapshot"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_STEP_NAME = re.compile(r"step-(\d+)\.zip")
+_CHUNK = 16 << 20
+_MAX_NPY_HEADER = npy.MAX_HEADER_SIZE
+
+
+def save_snapshot(
+    arrays: Mapping[str, np.ndarray],
+    dest: str | os.PathLike[str],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    source: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``arrays`` as a numpy-only snapshot at ``dest`` (path or URL).
+
+    ``metadata`` must be JSON-serializable; ``source`` (``{"url", "step"}``)
+    records the checkpoint the arrays came from. The snapshot appears whole or
+    not at all. Returns the manifest.
+    """
+    fs, path = resolve(dest, storage_options)
+    where = url_of(fs, path)
+    checked = {name: _checked_array(where, name, a) for name, a in arrays.items()}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "numpy_version": np.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "source": dict(source) if source is not None else None,
+        "metadata": dict(metadata or {}),
+        "arrays": [],
+    }
+    try:
+        manifest_bytes = json.dumps(manifest).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where}: metadata and source must be JSON-serializable: {exc}") from None
+    with atomic_write(fs, path) as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for name, a in checked.items():
+                manifest["arrays"].append(_write_member(zf, name, a))
+            manifest_bytes = json.dumps(manifest, indent=1).encode()
+            zf.writestr(MANIFEST, manifest_bytes)
+    return manifest
+
+
+def load_snapshot(
+    src: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Read every array of a snapshot, checking each against the manifest.
+
+    Raises :class:`ChecksumError` naming the snapshot and the array when the
+    bytes differ from the recorded SHA-256 (or the ZIP CRC), and another
+    :class:`ArchiveError` subclass for any other malformed input. Nothing is
+    ever unpickled: object arrays are refused.
+    """
+    fs, path = resolve(src, storage_options)
+    where = url_of(fs, path)
+    with _open_zip(fs, path, where) as zf:
+        manifest = _manifest(zf, where)
+        entries = manifest["arrays"]
+        listed = {entry["member"] for entry in entries}
+        extra = sorted(n for n in zf.namelist() if n != MANIFEST and n not in listed)
+        if extra:
+            raise ArchiveError(f"{where}: members not in the manifest: {', '.join(extra)}")
+        return {entry["name"]: _read_member(zf, where, entry) for entry in entries}
+
+
+def read_snapshot_manifest(
+    src: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest of a snapshot, reading only the ZIP directory and that member."""
+    fs, path = resolve(src, storage_options)
+    where = url_of(fs, path)
+    with _open_zip(fs, path, where) as zf:
+        return _manifest(zf, where)
+
+
+def snapshot_from_archive(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    select: str | Iterable[str] | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a snapshot of a checkpoint archive's arrays, without unpickling.
+
+    Arrays are read by name straight from the archive's NPY members, so an
+    archive whose pickle references untrusted classes exports fine.
+    ``select`` holds array names or :mod:`fnmatch` patterns (``"model/*"``);
+    each must match at least one array. The snapshot's metadata is the
+    archive's, updated with ``metadata``. Returns the snapshot's manifest.
+    """
+    fs, path = resolve(src, storage_options)
+    where = url_of(fs, path)
+    source_manifest = archive.read_manifest(src, storage_options=storage_options)
+    names = _selected(where, [entry["name"] for entry in source_manifest["arrays"]], select)
+    arrays = archive.read_arrays(src, names, storage_options=storage_options)
+    step = _STEP_NAME.fullmatch(path.rpartition("/")[2])
+    return save_snapshot(
+        {name: arrays[name] for name in names},
+        dest,
+        {**source_manifest.get("metadata", {}), **(metadata or {})},
+        source={"url": where, "step": int(step.group(1)) if step else None},
+        storage_options=storage_options,
+    )
+
+
+def _selected(where: str, names: list[str], select: str | Iterable[str] | None) -> list[str]:
+    if select is None:
+        return names
+    patterns = [select] if isinstance(select, str) else list(select)
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise MissingMemberError(
+            f"{where}: no array matches {', '.join(map(repr, unmatched))} "
+            f"(arrays: {', '.join(names) or 'none'})"
+        )
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _checked_array(where: str, name: object, a: object) -> np.ndarray | np.generic:
+    if not isinstance(name, str) or not _valid_name(name):
+        raise ValueError(f"{where}: invalid array name {name!r} (a relative 'a/b' path)")
+    if not isinstance(a, (np.ndarray, np.generic)):
+        raise TypeError(f"{where}: {name!r} is a {type(a).__name__}, not a numpy array")
+    if a.dtype.hasobject:
+        raise TypeError(f"{where}: {name!r} has dtype {a.dtype}, which needs pickle")
+    return a
+
+
+def _valid_name(name: str) -> bool:
+    parts = name.split("/")
+    return "\\" not in name and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, value: np.ndarray | np.generic) -> dict[str, Any]:
+    a = np.ascontiguousarray(value) if np.ndim(value) else np.asarray(value)
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=time.gmtime()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = a.nbytes + _MAX_NPY_HEADER  # an upper bound: picks ZIP64 when needed
+    with zf.open(info, "w") as member:
+        np.lib.format.write_array(member, a, allow_pickle=False)
+    return {
+        "name": name,
+        "member": info.filename,
+        "dtype": a.dtype.str,
+        "shape": list(a.shape),
+        "nbytes": a.nbytes,
+        "sha256": _digest(a),
+    }
+
+
+@contextmanager
+def _open_zip(fs: Any, path: str, where: str) -> Iterator[zipfile.ZipFile]:
+    """``zipfile.ZipFile`` over an fsspec file, with errors named after ``where``."""
+    with fs.open(path, "rb") as f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except zipfile.BadZipFile as exc:
+            raise NotAnArchiveError(f"{where}: not a ZIP archive ({exc})") from None
+        with zf:
+            yield zf
+
+
+def _manifest(zf: zipfile.ZipFile, where: str) -> dict[str, Any]:
+    try:
+        raw = zf.read(MANIFEST)
+    except KeyError:
+        raise MissingMemberError(f"{where}: no {MANIFEST}, not a snapshot") from None
+    except zipfile.BadZipFile as exc:
+        raise ChecksumError(f"{where}: {MANIFEST} is damaged ({exc})") from None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise ArchiveError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ArchiveError(f"{where}: not a snapshot (manifest format {found!r})")
+    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > FORMAT_VERSION:
+        raise ArchiveError(
+            f"{where}: snapshot format_version {manifest.get('format_version')!r} is not "
+            f"supported (this library reads up to {FORMAT_VERSION})"
+        )
+    if not isinstance(manifest.get("arrays"), list) or not all(
+        _valid_entry(e) for e in manifest["arrays"]
+    ):
+        raise ArchiveError(f"{where}: malformed array list in {MANIFEST}")
+    return manifest
+
+
+def _valid_entry(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and entry.get("member") == f"{entry['name']}.npy"
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("shape"), list)
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
+def _read_member(zf: zipfile.ZipFile, where: str, entry: dict[str, Any]) -> np.ndarray:
+    name = entry["name"]
+    try:
+        info = zf.getinfo(entry["member"])
+    except KeyError:
+        raise MissingMemberError(f"{where}: array {name!r} is missing (no {entry['member']})") from None
+    try:
+        with zf.open(info) as member:
+            a = _read_npy(member, info.file_size, f"{where}: array {name!r}")
+    except zipfile.BadZipFile as exc:
+        raise ChecksumError(f"{where}: array {name!r} is damaged ({exc})") from None
+    except EOFError:
+        raise TruncatedArchiveError(f"{where}: array {name!r} is truncated") from None
+    if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"]:
+        raise ArchiveError(
+            f"{where}: array {name!r} is {a.dtype.str} {list(a.shape)}, the manifest says "
+            f"{entry['dtype']} {entry['shape']}"
+        )
+    if _digest(a) != entry["sha256"]:
+        raise ChecksumError(f"{where}: array {name!r} does not match its SHA-256 in the manifest")
+    return a
+
+
+def _read_npy(f: IO[bytes], size: int, what: str) -> np.ndarray:
+    """An NPY stream of ``size`` bytes; the header is checked before allocating."""
+    head = f.read(12)
+    try:
+        length = npy.header_length(head)
+    except ValueError as exc:
+        raise BadNpyHeaderError(f"{what}: bad NPY header: {exc}") from None
+    head += f.read(max(0, min(length, size, npy.MAX_HEADER_SIZE + 1) - len(head)))
+    header = npy.parse_header(head[:length], data_size=size - length, where=what)
+    flat = np.empty(math.prod(header.shape), header.dtype)
+    buf = memoryview(flat.view(np.uint8))
+    done = len(head[length:])
+    buf[:done] = head[length:]
+    while done < len(buf):
+        chunk = f.read(min(_CHUNK, len(buf) - done))
+        if not chunk:
+            raise EOFError
+        buf[done : done + len(chunk)] = chunk
+        done += len(chunk)
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
+def _library_version() -> str:
+    try:
+        return version("luigi-checkpoint")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,281 @@
+"""storage.snapshot: numpy-only snapshots that numpy alone reads, checked on load,
+exported from checkpoint archives without unpickling anything."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage import archive
+from storage.errors import (
+    ArchiveError,
+    BadNpyHeaderError,
+    ChecksumError,
+    MissingMemberError,
+    NotAnArchiveError,
+    UntrustedTypeError,
+)
+from storage.fs import fresh_listing, resolve
+from storage.snapshot import (
+    FORMAT,
+    load_snapshot,
+    read_snapshot_manifest,
+    save_snapshot,
+    snapshot_from_archive,
+)
+
+from . import helpers_snapshot
+from .conftest import Root
+
+
+def sample_arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(42)
+    return {
+        "model/W": rng.standard_normal((16, 8)),
+        "model/b": np.arange(8, dtype=np.float32),
+        "optimizer/velocity/0": np.asfortranarray(rng.integers(0, 9, (3, 5), dtype=np.int16)),
+        "strided": np.arange(40, dtype=">i8")[::3],
+        "scalar": np.array(2.5),
+        "empty": np.zeros((0, 3), dtype=np.uint8),
+        "records": np.array([(1, 2.0), (3, 4.0)], dtype=[("a", "<i4"), ("b", ">f8")]),
+        "big": np.arange(6 * 2**20 // 8, dtype=np.float64),  # past one S3 upload part
+    }
+
+
+def assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(want)
+    for name, a in want.items():
+        assert got[name].dtype == a.dtype, name
+        assert got[name].shape == a.shape, name
+        np.testing.assert_array_equal(got[name], a, err_msg=name)
+
+
+def local_snapshot(tmp_path: Any, arrays: dict[str, np.ndarray] | None = None) -> str:
+    path = str(tmp_path / "snap.zip")
+    save_snapshot(arrays if arrays is not None else sample_arrays(), path, {"loss": 0.25})
+    return path
+
+
+def rewrite(src: str, dest: str, replace: dict[str, bytes]) -> None:
+    """Copy a ZIP member by member (fresh CRCs), replacing some members' bytes."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, replace.get(info.filename, zin.read(info)))
+
+
+def npy_bytes(a: np.ndarray, *, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def test_snapshot_round_trips_every_array_exactly(root: Root) -> None:
+    arrays = sample_arrays()
+    save_snapshot(arrays, root.join("snap.zip"), storage_options=root.storage_options)
+    assert_same(load_snapshot(root.join("snap.zip"), storage_options=root.storage_options), arrays)
+
+
+def test_numpy_load_without_pickle_reads_every_array(root: Root) -> None:
+    arrays = sample_arrays()
+    save_snapshot(arrays, root.join("snap.zip"), storage_options=root.storage_options)
+    fs, path = resolve(root.join("snap.zip"), root.storage_options)
+    with fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as snap:
+        assert snap.files == [*arrays, "manifest.json"]
+        assert_same({name: snap[name] for name in arrays}, arrays)
+        assert json.loads(snap["manifest.json"])["format"] == FORMAT
+
+
+def test_numpy_load_reads_a_local_snapshot_by_path(tmp_path: Any) -> None:
+    path = local_snapshot(tmp_path)
+    with np.load(path, allow_pickle=False) as snap:
+        weights = snap["model/W"]
+    np.testing.assert_array_equal(weights, sample_arrays()["model/W"])
+
+
+def test_manifest_describes_arrays_source_and_metadata(tmp_path: Any) -> None:
+    arrays = sample_arrays()
+    dest = str(tmp_path / "snap.zip")
+    returned = save_snapshot(
+        arrays, dest, {"loss": 0.25, "tags": ["a"]}, source={"url": "s3://b/run/x.zip", "step": 7}
+    )
+    manifest = read_snapshot_manifest(dest)
+    assert manifest == returned
+    assert manifest["format"] == FORMAT and manifest["format_version"] == 1
+    assert manifest["created"].endswith("Z")
+    assert manifest["source"] == {"url": "s3://b/run/x.zip", "step": 7}
+    assert manifest["metadata"] == {"loss": 0.25, "tags": ["a"]}
+    entries = {entry["name"]: entry for entry in manifest["arrays"]}
+    for name, a in arrays.items():
+        assert entries[name]["member"] == f"{name}.npy"
+        assert entries[name]["dtype"] == a.dtype.str
+        assert entries[name]["shape"] == list(a.shape)
+        assert entries[name]["nbytes"] == a.nbytes
+        expected = hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        assert entries[name]["sha256"] == expected.hexdigest()
+
+
+def test_changed_byte_is_a_checksum_error_naming_snapshot_and_array(tmp_path: Any) -> None:
+    marker = np.full(64, 0x5A, dtype=np.uint8)
+    path = local_snapshot(tmp_path, {"a": np.zeros(4), "marker": marker})
+    data = bytearray(open(path, "rb").read())
+    data[data.find(marker.tobytes()) + 10] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ChecksumError, match=r"snap\.zip.*'marker'"):
+        load_snapshot(path)
+
+
+def test_changed_array_under_a_valid_crc_fails_its_sha256(tmp_path: Any) -> None:
+    path = local_snapshot(tmp_path)
+    tampered = str(tmp_path / "tampered.zip")
+    changed = sample_arrays()["model/b"] + 1
+    rewrite(path, tampered, {"model/b.npy": npy_bytes(changed)})
+    with pytest.raises(ChecksumError, match=r"tampered\.zip.*'model/b'.*SHA-256"):
+        load_snapshot(tampered)
+
+
+def test_object_member_is_refused_without_unpickling(tmp_path: Any) -> None:
+    path = local_snapshot(tmp_path, {"x": np.zeros(2)})
+    hostile = np.array([helpers_snapshot.Tripwire(), 1], dtype=object)
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    manifest["arrays"][0]["dtype"] = "|O"
+    bad = str(tmp_path / "bad.zip")
+    rewrite(
+        path,
+        bad,
+        {"x.npy": npy_bytes(hostile, allow_pickle=True), "manifest.json": json.dumps(manifest).encode()},
+    )
+    with pytest.raises(BadNpyHeaderError, match=r"bad\.zip.*'x'.*object"):
+        load_snapshot(bad)
+    assert helpers_snapshot.UNPICKLED == []
+
+
+def test_object_arrays_cannot_be_saved(tmp_path: Any) -> None:
+    with pytest.raises(TypeError, match="'x'.*pickle"):
+        save_snapshot({"x": np.array([{}, 1], dtype=object)}, str(tmp_path / "s.zip"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["", "/abs", "a/../b", "a//b", "back\\slash"])
+def test_bad_array_names_are_refused(tmp_path: Any, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid array name"):
+        save_snapshot({name: np.zeros(1)}, str(tmp_path / "s.zip"))
+
+
+def test_metadata_must_be_json(tmp_path: Any) -> None:
+    with pytest.raises(TypeError, match="JSON"):
+        save_snapshot({"x": np.zeros(1)}, str(tmp_path / "s.zip"), {"when": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_publishes_nothing_and_keeps_the_old_snapshot(root: Root) -> None:
+    dest = root.join("run/snap.zip")
+    save_snapshot({"x": np.ones(3)}, dest, storage_options=root.storage_options)
+    impossible = np.broadcast_to(np.zeros(1, np.uint8), (2**62,))  # no memory can hold it
+    with pytest.raises(MemoryError):
+        save_snapshot({"y": np.zeros(5), "z": impossible}, dest, storage_options=root.storage_options)
+    fs, path = resolve(root.join("run"), root.storage_options)
+    assert [e["name"].rsplit("/", 1)[-1] for e in fresh_listing(fs, path)] == ["snap.zip"]
+    assert_same(load_snapshot(dest, storage_options=root.storage_options), {"x": np.ones(3)})
+
+
+def test_garbage_is_not_an_archive(tmp_path: Any) -> None:
+    path = tmp_path / "junk.zip"
+    path.write_bytes(b"not a zip at all" * 10)
+    with pytest.raises(NotAnArchiveError, match="junk.zip"):
+        load_snapshot(str(path))
+
+
+def test_truncated_snapshot_is_an_archive_error(tmp_path: Any) -> None:
+    path = local_snapshot(tmp_path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ArchiveError, match="snap.zip"):
+        load_snapshot(path)
+
+
+def test_zip_without_manifest_is_not_a_snapshot(tmp_path: Any) -> None:
+    path = str(tmp_path / "plain.zip")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", npy_bytes(np.zeros(2)))
+    with pytest.raises(MissingMemberError, match=r"plain\.zip.*manifest\.json"):
+        load_snapshot(path)
+
+
+def test_missing_and_unlisted_members_are_errors(tmp_path: Any) -> None:
+    path = local_snapshot(tmp_path, {"a": np.zeros(2), "b": np.ones(2)})
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    missing = str(tmp_path / "missing.zip")
+    with zipfile.ZipFile(missing, "w") as zf:
+        for name, data in members.items():
+            if name != "b.npy":
+                zf.writestr(name, data)
+    with pytest.raises(MissingMemberError, match=r"missing\.zip.*'b'"):
+        load_snapshot(missing)
+    extra = str(tmp_path / "extra.zip")
+    rewrite(path, extra, {})
+    with zipfile.ZipFile(extra, "a") as zf:
+        zf.writestr("sneaky.npy", npy_bytes(np.zeros(1)))
+    with pytest.raises(ArchiveError, match=r"extra\.zip.*sneaky\.npy"):
+        load_snapshot(extra)
+
+
+# -- export from checkpoint archives ------------------------------------------
+
+
+def dump_checkpoint(root: Root, step: int = 7) -> str:
+    url = root.join(f"run/step-{step:012d}.zip")
+    archive.dump(
+        helpers_snapshot.training_state(seed=step),
+        url,
+        metadata={"loss": 0.5},
+        storage_options=root.storage_options,
+    )
+    return url
+
+
+def test_export_of_untrusted_pickle_reads_arrays_without_unpickling(root: Root) -> None:
+    src = dump_checkpoint(root)
+    with pytest.raises(UntrustedTypeError, match="helpers_snapshot"):
+        archive.load(src, storage_options=root.storage_options)
+    dest = root.join("export/snapshot.zip")
+    manifest = snapshot_from_archive(src, dest, storage_options=root.storage_options)
+    assert helpers_snapshot.UNPICKLED == []
+    model = helpers_snapshot.Model(seed=7)
+    assert_same(
+        load_snapshot(dest, storage_options=root.storage_options),
+        {"model/W": model.W, "model/b": model.b},
+    )
+    assert manifest["source"]["step"] == 7
+    assert manifest["source"]["url"].endswith("run/step-000000000007.zip")
+    assert manifest["metadata"]["loss"] == 0.5
+
+
+def test_export_selects_by_name_and_glob(tmp_path: Any) -> None:
+    src = dump_checkpoint(Root("local", str(tmp_path)))
+    dest = str(tmp_path / "only-b.zip")
+    snapshot_from_archive(src, dest, ["model/b"])
+    assert list(load_snapshot(dest)) == ["model/b"]
+    snapshot_from_archive(src, dest, "model/*")
+    assert list(load_snapshot(dest)) == ["model/W", "model/b"]
+
+
+def test_export_pattern_matching_nothing_names_it(tmp_path: Any) -> None:
+    src = dump_checkpoint(Root("local", str(tmp_path)))
+    dest = tmp_path / "none.zip"
+    with pytest.raises(MissingMemberError, match=r"'optim\*'.*model/W"):
+        snapshot_from_archive(src, str(dest), ["model/W", "optim*"])
+    assert not dest.exists()
+
+
+def test_export_metadata_extends_the_archive_metadata(tmp_path: Any) -> None:
+    src = dump_checkpoint(Root("local", str(tmp_path)))
+    manifest = snapshot_from_archive(src, str(tmp_path / "s.zip"), metadata={"note": "nightly"})
+    assert manifest["metadata"]["loss"] == 0.5
+    assert manifest["metadata"]["note"] == "nightly"
