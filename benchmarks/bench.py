@@ -1,0 +1,223 @@
+"""Side-by-side benchmark of the checkpoint archive: ``python -m benchmarks.bench``.
+
+Saves, loads and opens the same float32 state with our archive, a raw
+``os.write``/``readinto`` baseline and the peers (pickle, ``np.savez``,
+safetensors, torch), each case in a fresh process (its peak RSS measured
+there), on local disk with a hot page cache; then the async-save stall, S3
+transfers and ``latest_step()`` on a loopback moto server. Prints a table with
+ratios to the baselines and the issue-6 targets; ``--json`` saves everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stall
+from .cases import CASES, Case, unavailable
+from .report import Row, table, targets, targets_table
+from .state import MiB, Layout, make_layout, make_state, write_raw
+
+REPO = Path(__file__).resolve().parent.parent
+SCRATCH = REPO / ".bench-tmp"
+GROUPS = ("save", "load", "open", "async", "s3", "latest")
+QUICK = {"size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 4, "s3_archives": 100}
+FULL = {"size_mb": 1024, "arrays": 8, "repeats": 3, "s3_size_mb": 256, "s3_archives": 10_000}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--size-mb", type=int, help="state size in MiB (default 1024)")
+    p.add_argument("--arrays", type=int, help="number of arrays (default 8)")
+    p.add_argument("--repeats", type=int, help="repeats per case, the median is shown (default 3)")
+    p.add_argument("--s3-size-mb", type=int, help="state size for the S3 cases (default 256)")
+    p.add_argument("--s3-archives", type=int, help="archives for latest_step() (default 10000)")
+    p.add_argument("--groups", default=",".join(GROUPS), help=f"subset of {','.join(GROUPS)}")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.groups = tuple(g for g in args.groups.split(",") if g)
+    unknown = set(args.groups) - set(GROUPS)
+    if unknown:
+        p.error(f"unknown group(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"[bench] {spec['group']} / {spec['name']} failed:\n{proc.stderr}", file=sys.stderr)
+        return {"error": last}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(group: str, name: str, spec: dict[str, Any], nbytes: int, baseline: str | None) -> Row:
+    result = _worker({**spec, "group": group, "name": name})
+    if "error" in result:
+        return Row(group, name, skipped=f"failed: {result['error'][:60]}")
+    note = "" if result["peak_exact"] else "peak = ru_maxrss"
+    return Row(
+        group,
+        name,
+        tuple(result["times"]),
+        nbytes,
+        baseline,
+        result["peak_extra_bytes"],
+        note,
+        extra={"after_times": result["after_times"]},
+    )
+
+
+def _baseline(case: Case) -> str:
+    return next(
+        c.name for c in CASES if c.group == case.group and c.baseline and c.fsync == case.fsync
+    )
+
+
+def local_rows(args: argparse.Namespace, folder: str, layout: Layout) -> list[Row]:
+    """The save, load, open and async groups, one worker process per case."""
+    spec = {"dir": folder, "layout": layout.to_json(), "repeats": args.repeats, "state_file": "state.bin"}
+    needed = {c.file for c in CASES if c.group in ("load", "open") and c.group in args.groups}
+    rows = []
+    for case in CASES:
+        if case.group not in args.groups:
+            continue
+        missing = case.missing()
+        if missing:
+            rows.append(Row(case.group, case.name, skipped=f"n/a ({missing})"))
+            continue
+        if case.group != "save" and not os.path.exists(os.path.join(folder, case.file)):
+            rows.append(Row(case.group, case.name, skipped=f"n/a (no {case.file} saved)"))
+            continue
+        nbytes = 0 if case.group == "open" else layout.nbytes
+        baseline = None if case.baseline or case.group == "open" else _baseline(case)
+        rows.append(_row(case.group, case.name, spec, nbytes, baseline))
+        if case.group == "save" and case.file not in needed:
+            os.unlink(os.path.join(folder, case.file))
+    if "async" in args.groups:
+        for name in stall.NAMES:
+            missing = unavailable(stall.REQUIRES[name])
+            if missing:
+                rows.append(Row("async", name, skipped=f"n/a ({missing})"))
+                continue
+            baseline = None if name == stall.NAMES[0] else stall.NAMES[0]
+            rows.append(_row("async", name, spec, layout.nbytes, baseline))
+    return rows
+
+
+def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
+    """The S3 transfer group and the latest_step() group, on one moto server."""
+    wanted = [g for g in ("s3", "latest") if g in args.groups]
+    if not wanted:
+        return []
+    missing = unavailable(("moto.server", "s3fs"))
+    if missing:
+        return [Row("S3", "all S3 cases", skipped=f"n/a ({missing})")]
+    from . import s3
+
+    ours = unavailable(("storage.checkpoints",))
+    rows = []
+    with s3.s3_server() as options:
+        if "s3" in wanted:
+            layout = make_layout(args.s3_size_mb * MiB, args.arrays)
+            state = make_state(layout, seed=1)
+            raw = os.path.join(folder, "s3-state.bin")
+            write_raw(state, raw)
+            times = s3.transfer_cases(options, state, raw, args.repeats, ours=ours is None)
+            for name, baseline in s3.TRANSFERS:
+                if name in times:
+                    rows.append(Row("S3", name, tuple(times[name]), layout.nbytes, baseline))
+                else:
+                    rows.append(Row("S3", name, skipped=f"n/a ({ours})"))
+        if "latest" in wanted and ours:
+            rows.append(Row("S3 list", "ours latest_step()", skipped=f"n/a ({ours})"))
+        elif "latest" in wanted:
+            found = s3.latest_step_case(options, args.s3_archives, args.repeats)
+            for name, result in found.items():
+                baseline = None if name == "one plain listing" else "one plain listing"
+                note = f"{result['requests']:.0f} requests, {result['archive_reads']:.0f} archive reads"
+                rows.append(
+                    Row("S3 list", name, tuple(result["times"]), 0, baseline, note=note, extra=result)
+                )
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for module in ("torch", "safetensors", "s3fs", "moto"):
+        if importlib.util.find_spec(module) is not None:
+            from importlib.metadata import version
+
+            versions[module] = version(module)
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    layout = make_layout(args.size_mb * MiB, args.arrays)
+    SCRATCH.mkdir(exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="run-", dir=SCRATCH)
+    started = time.perf_counter()
+    try:
+        write_raw(make_state(layout), os.path.join(folder, "state.bin"))
+        rows = local_rows(args, folder, layout) + s3_rows(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    env = environment()
+    found = targets(rows, layout.nbytes)
+    print(
+        f"luigi-checkpoint benchmark: {layout.nbytes / MiB:.0f} MiB float32 in {args.arrays} arrays, "
+        f"S3 {args.s3_size_mb} MiB, {args.s3_archives} archives for latest_step(), "
+        f"median of {args.repeats}, local disk, hot page cache; {env['cpus']} CPUs, "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    )
+    print(table(rows, layout.nbytes))
+    print("\nissue-6 targets:")
+    print(targets_table(found))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        from .report import ratio
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "config": {k: v for k, v in vars(args).items() if k != "json"},
+                    "environment": env,
+                    "state_bytes": layout.nbytes,
+                    "rows": [row.to_json(ratio(rows, row)) for row in rows],
+                    "targets": [t.__dict__ for t in found],
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

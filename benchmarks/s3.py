@@ -1,0 +1,174 @@
+"""The S3 cases, on a moto S3 server on 127.0.0.1 started in a subprocess.
+
+Requests are counted for real: a botocore ``before-send`` hook on the s3fs
+client sees every HTTP request (retries included) just before it is sent.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+BUCKET = "bench"
+ARCHIVE_READS = ("GetObject", "HeadObject")
+
+_SERVER = """
+import logging
+import sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(f"http://{host}:{port}", flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@contextmanager
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A moto server in a subprocess; yields fsspec ``storage_options`` for it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip()
+        if not endpoint.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"moto server did not start (got {endpoint!r})")
+        yield {
+            "key": "bench",
+            "secret": "bench",
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class RequestCounter:
+    """Counts the HTTP requests an s3fs filesystem sends, per S3 operation."""
+
+    def __init__(self, fs: Any) -> None:
+        fs.connect()
+        fs.s3.meta.events.register("before-send.s3", self._count)
+        self.by_operation: Counter[str] = Counter()
+
+    def _count(self, event_name: str, **kwargs: Any) -> None:
+        self.by_operation[event_name.rsplit(".", 1)[-1]] += 1
+
+    def reset(self) -> None:
+        self.by_operation.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_operation.values())
+
+    @property
+    def archive_reads(self) -> int:
+        return sum(self.by_operation[op] for op in ARCHIVE_READS)
+
+
+def _timed(repeats: int, func: Any) -> list[float]:
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        func(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+TRANSFERS = (
+    ("s3fs put_file", None),
+    ("ours save", "s3fs put_file"),
+    ("s3fs cat_file", None),
+    ("ours restore", "s3fs cat_file"),
+)
+
+
+def transfer_cases(
+    options: dict[str, Any],
+    state: dict[str, np.ndarray],
+    raw_path: str,
+    repeats: int,
+    *,
+    ours: bool,
+) -> dict[str, list[float]]:
+    """Our save/restore through CheckpointStore vs s3fs put_file/cat_file of the same bytes."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    fs.call_s3("create_bucket", Bucket=BUCKET)
+    peer = f"{BUCKET}/peer/state.bin"
+    times = {
+        "s3fs put_file": _timed(repeats, lambda i: fs.put_file(raw_path, peer)),
+        "s3fs cat_file": _timed(repeats, lambda i: fs.cat_file(peer)),
+    }
+    if ours:
+        from storage.checkpoints import CheckpointStore
+
+        url = f"s3://{BUCKET}/transfer"
+        store = CheckpointStore(url, storage_options=options, keep_last=repeats)
+        times["ours save"] = _timed(repeats, lambda i: store.save(i, state))
+        times["ours restore"] = _timed(repeats, lambda i: store.restore(i))
+        _check_restored(store, state)
+    return times
+
+
+def _check_restored(store: Any, state: dict[str, np.ndarray]) -> None:
+    step, restored = store.restore()
+    for name, array in state.items():
+        if not np.array_equal(restored[name], array):
+            raise AssertionError(f"S3 restore of step {step} changed array {name}")
+
+
+def latest_step_case(options: dict[str, Any], archives: int, repeats: int) -> dict[str, Any]:
+    """``latest_step()`` over ``archives`` tiny archives vs one plain listing."""
+    from storage.archive import dump
+    from storage.checkpoints import CheckpointStore
+    from storage.fs import fresh_listing, resolve
+
+    fs, _ = resolve(f"s3://{BUCKET}", options)
+    if not fs.exists(BUCKET):
+        fs.call_s3("create_bucket", Bucket=BUCKET)
+    folder = f"{BUCKET}/many"
+    buffer = io.BytesIO()
+    dump({"w": np.arange(4, dtype=np.float32)}, buffer)
+    fs.pipe({f"{folder}/step-{i:012d}.zip": buffer.getvalue() for i in range(archives)})
+    counter = RequestCounter(fs)
+    results: dict[str, Any] = {}
+    for name, func in (
+        ("one plain listing", lambda i: fresh_listing(fs, folder)),
+        ("ours latest_step()", lambda i: _latest(CheckpointStore, folder, options, archives)),
+    ):
+        counter.reset()
+        times = _timed(repeats, func)
+        results[name] = {
+            "times": times,
+            "requests": counter.total / repeats,
+            "archive_reads": counter.archive_reads / repeats,
+            "by_operation": {k: v / repeats for k, v in counter.by_operation.items()},
+        }
+    if results["ours latest_step()"]["requests"] == 0:
+        raise RuntimeError("the request counter saw none of CheckpointStore's requests")
+    return results
+
+
+def _latest(store_type: Any, folder: str, options: dict[str, Any], archives: int) -> None:
+    step = store_type(f"s3://{folder}", storage_options=options).latest_step()
+    if step != archives - 1:
+        raise AssertionError(f"latest_step() gave {step}, expected {archives - 1}")
