@@ -13,8 +13,9 @@ The manifest (JSON) holds ``format`` (``"luigi-checkpoint/snapshot"``),
 ``format_version``, ``created`` (ISO-8601 UTC), ``source`` (``{"url", "step"}``
 of the checkpoint archive it came from, or null), user ``metadata`` and, per
 array, ``name``, ``member``, ``dtype`` (``dtype.str``), ``shape``, ``nbytes``
-and ``sha256`` (of the array's bytes in C order, as stored after the NPY
-header: ``hashlib.sha256(np.ascontiguousarray(a)).hexdigest()``).
+and ``sha256`` (of the array's data: the bytes that follow the NPY header in
+its member, in the order that header declares). Array data starts at a
+64-byte aligned offset in the file.
 
 ``FORMAT_VERSION`` is bumped only when a reader of the previous version would
 misread a new snapshot; readers keep accepting every older version.
@@ -28,7 +29,6 @@ import json
 import math
 import os
 import re
-import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -48,6 +48,7 @@ from .errors import (
     TruncatedArchiveError,
 )
 from .fs import atomic_write, resolve, url_of
+from .zipwrite import ZipWriter
 
 __all__ = [
     "FORMAT",
@@ -63,7 +64,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _STEP_NAME = re.compile(r"step-(\d+)\.zip")
 _CHUNK = 16 << 20
-_MAX_NPY_HEADER = npy.MAX_HEADER_SIZE
 
 
 def save_snapshot(
@@ -82,7 +82,6 @@ def save_snapshot(
     """
     fs, path = resolve(dest, storage_options)
     where = url_of(fs, path)
-    checked = {name: _checked_array(where, name, a) for name, a in arrays.items()}
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -94,15 +93,16 @@ def save_snapshot(
         "arrays": [],
     }
     try:
-        manifest_bytes = json.dumps(manifest).encode()
+        json.dumps(manifest)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{where}: metadata and source must be JSON-serializable: {exc}") from None
     with atomic_write(fs, path) as f:
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-            for name, a in checked.items():
-                manifest["arrays"].append(_write_member(zf, name, a))
-            manifest_bytes = json.dumps(manifest, indent=1).encode()
-            zf.writestr(MANIFEST, manifest_bytes)
+        writer = ZipWriter(f)
+        for name, value in arrays.items():
+            manifest["arrays"].append(_write_member(writer, name, _checked_array(where, name, value)))
+        text = json.dumps(manifest, indent=1).encode()
+        writer.add(MANIFEST, [text], size=len(text))
+        writer.close()
     return manifest
 
 
@@ -182,14 +182,14 @@ def _selected(where: str, names: list[str], select: str | Iterable[str] | None) 
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _checked_array(where: str, name: object, a: object) -> np.ndarray | np.generic:
+def _checked_array(where: str, name: object, a: object) -> np.ndarray:
     if not isinstance(name, str) or not _valid_name(name):
         raise ValueError(f"{where}: invalid array name {name!r} (a relative 'a/b' path)")
     if not isinstance(a, (np.ndarray, np.generic)):
         raise TypeError(f"{where}: {name!r} is a {type(a).__name__}, not a numpy array")
     if a.dtype.hasobject:
         raise TypeError(f"{where}: {name!r} has dtype {a.dtype}, which needs pickle")
-    return a
+    return np.asarray(a)
 
 
 def _valid_name(name: str) -> bool:
@@ -197,24 +197,26 @@ def _valid_name(name: str) -> bool:
     return "\\" not in name and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()
+def _write_member(writer: ZipWriter, name: str, a: np.ndarray) -> dict[str, Any]:
+    header = npy.header_bytes(a)
+    digest = hashlib.sha256()
 
+    def hashed_data() -> Iterator[bytes | memoryview]:
+        yield header
+        for chunk in npy.array_chunks(a):
+            digest.update(chunk)
+            yield chunk
 
-def _write_member(zf: zipfile.ZipFile, name: str, value: np.ndarray | np.generic) -> dict[str, Any]:
-    a = np.ascontiguousarray(value) if np.ndim(value) else np.asarray(value)
-    info = zipfile.ZipInfo(f"{name}.npy", date_time=time.gmtime()[:6])
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = a.nbytes + _MAX_NPY_HEADER  # an upper bound: picks ZIP64 when needed
-    with zf.open(info, "w") as member:
-        np.lib.format.write_array(member, a, allow_pickle=False)
+    member = writer.add(
+        f"{name}.npy", hashed_data(), size=len(header) + a.nbytes, align=npy.ALIGN
+    )
     return {
         "name": name,
-        "member": info.filename,
+        "member": member.name,
         "dtype": a.dtype.str,
         "shape": list(a.shape),
         "nbytes": a.nbytes,
-        "sha256": _digest(a),
+        "sha256": digest.hexdigest(),
     }
 
 
@@ -275,7 +277,7 @@ def _read_member(zf: zipfile.ZipFile, where: str, entry: dict[str, Any]) -> np.n
         raise MissingMemberError(f"{where}: array {name!r} is missing (no {entry['member']})") from None
     try:
         with zf.open(info) as member:
-            a = _read_npy(member, info.file_size, f"{where}: array {name!r}")
+            a, digest = _read_npy(member, info.file_size, f"{where}: array {name!r}")
     except zipfile.BadZipFile as exc:
         raise ChecksumError(f"{where}: array {name!r} is damaged ({exc})") from None
     except EOFError:
@@ -285,13 +287,16 @@ def _read_member(zf: zipfile.ZipFile, where: str, entry: dict[str, Any]) -> np.n
             f"{where}: array {name!r} is {a.dtype.str} {list(a.shape)}, the manifest says "
             f"{entry['dtype']} {entry['shape']}"
         )
-    if _digest(a) != entry["sha256"]:
+    if digest != entry["sha256"]:
         raise ChecksumError(f"{where}: array {name!r} does not match its SHA-256 in the manifest")
     return a
 
 
-def _read_npy(f: IO[bytes], size: int, what: str) -> np.ndarray:
-    """An NPY stream of ``size`` bytes; the header is checked before allocating."""
+def _read_npy(f: IO[bytes], size: int, what: str) -> tuple[np.ndarray, str]:
+    """The array of an NPY stream of ``size`` bytes and the SHA-256 of its data.
+
+    The header is checked against ``size`` before anything is allocated.
+    """
     head = f.read(12)
     try:
         length = npy.header_length(head)
@@ -309,7 +314,8 @@ def _read_npy(f: IO[bytes], size: int, what: str) -> np.ndarray:
             raise EOFError
         buf[done : done + len(chunk)] = chunk
         done += len(chunk)
-    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+    digest = hashlib.sha256(buf).hexdigest()
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C"), digest
 
 
 def _library_version() -> str:
