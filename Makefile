@@ -16,5 +16,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
 
+# The benchmark (issue 6): installs the `bench` extra (safetensors, torch==2.13.0,
+# psutil) plus the test extra (moto's S3 server for the S3 cases), then runs
+# the side-by-side table. BENCH_ARGS passes options, e.g. "--quick" or "--json bench.json".
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs exports .pytest_cache
