@@ -1,0 +1,48 @@
+"""luigi-checkpoint storage: archives, atomic fsspec writes and their errors."""
+
+from __future__ import annotations
+
+from .archive import audit, dump, freeze, load, read_arrays, read_manifest, verify, write_frozen
+from .errors import (
+    ArchiveError,
+    ArchiveTooLargeError,
+    BadNpyHeaderError,
+    BadPersistentIdError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ChecksumError,
+    CorruptPickleError,
+    MissingMemberError,
+    NotAnArchiveError,
+    StepExistsError,
+    StorageError,
+    TruncatedArchiveError,
+    UntrustedTypeError,
+)
+from .externalize import Frozen
+
+__all__ = [
+    "ArchiveError",
+    "ArchiveTooLargeError",
+    "BadNpyHeaderError",
+    "BadPersistentIdError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumError",
+    "CorruptPickleError",
+    "Frozen",
+    "MissingMemberError",
+    "NotAnArchiveError",
+    "StepExistsError",
+    "StorageError",
+    "TruncatedArchiveError",
+    "UntrustedTypeError",
+    "audit",
+    "dump",
+    "freeze",
+    "load",
+    "read_arrays",
+    "read_manifest",
+    "verify",
+    "write_frozen",
+]

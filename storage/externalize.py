@@ -1,0 +1,189 @@
+"""Pickling with every numpy array moved out of the pickle, and named.
+
+:func:`freeze` pickles an object with a pickler whose ``persistent_id``
+replaces each plain ``np.ndarray`` / ``np.memmap`` (without object dtype) by
+the text ``ndarray.<name>``; the arrays themselves are returned alongside,
+in the order the pickler met them, to be written as NPY members.
+
+Names say where an array sits (``model/W``, ``optimizer/velocity/0``,
+``rng/state/key``). Before pickling, the object is walked the way the pickler
+will walk it: dicts (by str/int key), lists and tuples (by index), and every
+other object through the value its ``__reduce_ex__`` returns (so dataclasses,
+``__dict__``, ``__slots__``, ``__getstate__`` and numpy random generators are
+all seen). Those reduce values are handed to the pickler again through
+``reducer_override``, so each object is reduced once and the arrays it
+produces (a bit generator's state) are the very ones the walk named. Arrays
+the walk does not reach are ``array_<n>``.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import pickle
+import re
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Frozen", "externalizable", "freeze"]
+
+RESERVED = frozenset({"pkl", "manifest.json"})
+MAX_NAME = 200
+_ODD = re.compile(r"[^A-Za-z0-9_\-]+")
+_LEAVES = (
+    type(None), bool, int, float, complex, str, bytes, bytearray, type, range, slice,
+    types.FunctionType, types.BuiltinFunctionType, types.ModuleType, np.generic, np.dtype,
+)
+
+
+def externalizable(obj: object) -> bool:
+    """Whether ``obj`` becomes an NPY member (exactly ndarray/memmap, no objects)."""
+    return (type(obj) is np.ndarray or type(obj) is np.memmap) and not obj.dtype.hasobject
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """A pickled object and its externalized arrays, ready to be written.
+
+    ``arrays`` are ``(member name, array)`` pairs in pickling order.
+    """
+
+    pickle: bytes
+    arrays: tuple[tuple[str, np.ndarray], ...]
+    protocol: int
+
+
+def freeze(obj: Any, *, protocol: int = pickle.HIGHEST_PROTOCOL, copy: bool = True) -> Frozen:
+    """Pickle ``obj`` now, arrays externalized and named.
+
+    With ``copy=True`` every externalized array is copied, so the caller may
+    change the object right away (asynchronous saves); with ``copy=False``
+    the arrays are the object's own and must not change until written.
+    Pickling errors propagate unchanged.
+    """
+    walk = _Walk(protocol)
+    walk.run(obj)
+    buffer = io.BytesIO()
+    pickler = _ArchivePickler(buffer, protocol, walk)
+    pickler.dump(obj)
+    arrays = pickler.arrays
+    if copy:
+        arrays = [(name, np.array(array, order="K", copy=True)) for name, array in arrays]
+    return Frozen(buffer.getvalue(), tuple(arrays), protocol)
+
+
+def _component(key: object) -> str | None:
+    if isinstance(key, (str, int)):
+        return _ODD.sub("_", str(key)) or "_"
+    return None
+
+
+class _Walk:
+    """Depth-first walk recording array paths and cached reduce values."""
+
+    def __init__(self, protocol: int) -> None:
+        self.protocol = protocol
+        self.paths: dict[int, str] = {}
+        self.reductions: dict[int, tuple[Any, ...]] = {}
+        self._alive: dict[int, object] = {}  # keeps ids unique while names are in use
+
+    def run(self, root: object) -> None:
+        stack: list[tuple[object, tuple[str, ...]]] = [(root, ())]
+        while stack:
+            obj, path = stack.pop()
+            if id(obj) in self._alive or isinstance(obj, _LEAVES):
+                continue
+            self._alive[id(obj)] = obj
+            if externalizable(obj):
+                self.paths[id(obj)] = "/".join(path)
+                continue
+            stack.extend(reversed(self._children(obj, path)))
+
+    def _children(self, obj: object, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
+        if type(obj) is dict:
+            return _items(obj.items(), path)
+        if type(obj) in (list, tuple):
+            return [(item, (*path, str(i))) for i, item in enumerate(obj)]  # type: ignore[arg-type]
+        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+            return []
+        reduced = self._reduce(obj)
+        if reduced is None:
+            return []
+        children = [(arg, path) for arg in reduced[1]]
+        state = reduced[2] if len(reduced) > 2 else None
+        for part in state if type(state) is tuple else (state,):
+            children += _items(part.items(), path) if type(part) is dict else [(part, path)]
+        if len(reduced) > 3 and reduced[3] is not None:
+            children += [(item, (*path, str(i))) for i, item in enumerate(reduced[3])]
+        if len(reduced) > 4 and reduced[4] is not None:
+            children += _items(reduced[4], path)
+        return children
+
+    def _reduce(self, obj: object) -> tuple[Any, ...] | None:
+        reducer = copyreg.dispatch_table.get(type(obj))
+        try:
+            value = reducer(obj) if reducer else obj.__reduce_ex__(self.protocol)
+        except Exception:  # the pickler will meet it again and report it
+            return None
+        if not isinstance(value, tuple) or len(value) < 2 or not isinstance(value[1], tuple):
+            return None
+        value = tuple(
+            list(part) if i in (3, 4) and part is not None else part
+            for i, part in enumerate(value)
+        )
+        self.reductions[id(obj)] = value
+        return value
+
+    def reduction(self, obj: object) -> tuple[Any, ...] | Any:
+        value = self.reductions.get(id(obj))
+        if value is None or self._alive.get(id(obj)) is not obj:
+            return NotImplemented
+        return tuple(
+            iter(part) if i in (3, 4) and part is not None else part
+            for i, part in enumerate(value)
+        )
+
+
+def _items(pairs: Any, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
+    children = []
+    for key, value in pairs:
+        part = _component(key)
+        if part is not None:
+            children.append((value, (*path, part)))
+    return children
+
+
+class _ArchivePickler(pickle.Pickler):
+    """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids."""
+
+    def __init__(self, file: io.BytesIO, protocol: int, walk: _Walk) -> None:
+        super().__init__(file, protocol=protocol)
+        self._walk = walk
+        self._names: dict[int, str] = {}
+        self._used: set[str] = set(RESERVED)
+        self.arrays: list[tuple[str, np.ndarray]] = []
+
+    def persistent_id(self, obj: Any) -> str | None:
+        if not externalizable(obj):
+            return None
+        name = self._names.get(id(obj))
+        if name is None:
+            name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
+            self._names[id(obj)] = name
+            self.arrays.append((name, obj))  # also keeps the id from being reused
+        return f"ndarray.{name}"
+
+    def reducer_override(self, obj: Any) -> Any:
+        return self._walk.reduction(obj)
+
+    def _unique(self, name: str) -> str:
+        name = name[:MAX_NAME]
+        candidate, n = name, 1
+        while candidate in self._used:
+            n += 1
+            candidate = f"{name}_{n}"
+        self._used.add(candidate)
+        return candidate

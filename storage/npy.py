@@ -1,0 +1,169 @@
+"""NPY headers: writing them for arrays and parsing them with validation.
+
+An NPY stream is ``\\x93NUMPY``, a version (1.0, 2.0 or 3.0), the header
+length, a Python-literal dict ``{'descr', 'fortran_order', 'shape'}`` padded
+with spaces and ended by ``\\n``, then the raw array data. Headers written
+here are padded to a multiple of 64 bytes, as numpy does, so that data after
+a 64-byte aligned header start is aligned too.
+
+Parsing never trusts the header: its length, literal, dtype (object dtypes
+are refused) and shape are checked against the member's real size before
+anything is allocated.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .errors import BadNpyHeaderError
+
+__all__ = [
+    "MAGIC",
+    "PREFIX_SIZE",
+    "NpyHeader",
+    "array_chunks",
+    "header_bytes",
+    "header_length",
+    "parse_header",
+    "writable_layout",
+]
+
+MAGIC = b"\x93NUMPY"
+PREFIX_SIZE = 10  # magic, 2 version bytes, and a 2-byte length for version 1.0
+ALIGN = 64
+MAX_HEADER_SIZE = 1 << 20
+COPY_CHUNK = 16 << 20  # bytes copied at a time from a non-contiguous array
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """A parsed and validated NPY header."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    size: int  # bytes of the header itself, data follows
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def writable_layout(array: np.ndarray) -> bool:
+    """Whether ``array`` is written in Fortran order (F- but not C-contiguous)."""
+    return bool(array.flags.f_contiguous and not array.flags.c_contiguous)
+
+
+def header_bytes(array: np.ndarray) -> bytes:
+    """The NPY header of ``array`` (version 1.0 when it fits, else 2.0 or 3.0)."""
+    literal = repr(
+        {
+            "descr": npformat.dtype_to_descr(array.dtype),
+            "fortran_order": writable_layout(array),
+            "shape": tuple(array.shape),
+        }
+    )
+    try:
+        text = literal.encode("latin1")
+        versions = [(1, 0), (2, 0)]
+    except UnicodeEncodeError:
+        text = literal.encode("utf8")
+        versions = [(3, 0)]
+    for version in versions:
+        length_format = "<H" if version == (1, 0) else "<I"
+        fixed = len(MAGIC) + 2 + struct.calcsize(length_format)
+        total = -(-(fixed + len(text) + 1) // ALIGN) * ALIGN
+        body = total - fixed
+        if body < 1 << (8 * struct.calcsize(length_format)):
+            padded = text + b" " * (body - len(text) - 1) + b"\n"
+            return MAGIC + bytes(version) + struct.pack(length_format, body) + padded
+    raise ValueError(f"NPY header of {len(text)} bytes is too large")
+
+
+def header_length(prefix: bytes) -> int:
+    """Total header size announced by the first :data:`PREFIX_SIZE` bytes
+    (for versions 2.0 and 3.0 the length field is 4 bytes, so the prefix must
+    hold 12 bytes; raises :class:`ValueError` on anything malformed)."""
+    if len(prefix) < PREFIX_SIZE or prefix[:6] != MAGIC:
+        raise ValueError("not an NPY stream (bad magic)")
+    version = (prefix[6], prefix[7])
+    if version == (1, 0):
+        return 10 + struct.unpack("<H", prefix[8:10])[0]
+    if version in ((2, 0), (3, 0)):
+        if len(prefix) < 12:
+            raise ValueError("NPY header truncated")
+        return 12 + struct.unpack("<I", prefix[8:12])[0]
+    raise ValueError(f"unsupported NPY version {version[0]}.{version[1]}")
+
+
+def parse_header(header: bytes, *, data_size: int, where: str) -> NpyHeader:
+    """Parse and validate a complete NPY header.
+
+    ``data_size`` is the number of bytes that follow the header in the member;
+    the header's shape times item size must equal it.
+    Raises :class:`BadNpyHeaderError` mentioning ``where``.
+    """
+    try:
+        size = header_length(header[:12])
+        if size > MAX_HEADER_SIZE:
+            raise ValueError(f"header of {size} bytes exceeds {MAX_HEADER_SIZE}")
+        if len(header) != size:
+            raise ValueError("header truncated")
+        encoding = "utf8" if header[6] == 3 else "latin1"
+        literal = ast.literal_eval(header[12 if header[6] > 1 else 10 :].decode(encoding))
+        parsed = _check_literal(literal)
+    except (
+        ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError, OverflowError
+    ) as exc:
+        raise BadNpyHeaderError(f"{where}: bad NPY header: {exc}") from None
+    dtype, shape, fortran = parsed
+    result = NpyHeader(dtype=dtype, shape=shape, fortran_order=fortran, size=size)
+    if result.nbytes != data_size:
+        raise BadNpyHeaderError(
+            f"{where}: NPY header declares shape {shape} of {dtype.str} "
+            f"({result.nbytes} bytes) but the member holds {data_size} bytes of data"
+        )
+    return result
+
+
+def _check_literal(literal: object) -> tuple[np.dtype, tuple[int, ...], bool]:
+    if not isinstance(literal, dict) or set(literal) != {"descr", "fortran_order", "shape"}:
+        raise ValueError("header is not a dict of descr, fortran_order and shape")
+    shape = literal["shape"]
+    if not isinstance(shape, tuple) or not all(
+        type(n) is int and n >= 0 for n in shape
+    ):
+        raise ValueError(f"bad shape {shape!r}")
+    if len(shape) > 64:
+        raise ValueError(f"too many dimensions ({len(shape)})")
+    if not isinstance(literal["fortran_order"], bool):
+        raise ValueError("fortran_order is not a bool")
+    dtype = npformat.descr_to_dtype(literal["descr"])
+    if dtype.hasobject:
+        raise ValueError("object dtype is refused (it would need unpickling)")
+    return dtype, shape, literal["fortran_order"]
+
+
+def array_chunks(array: np.ndarray) -> Iterator[memoryview]:
+    """The data of ``array`` as byte buffers, in the order its header declares.
+
+    Contiguous arrays yield one view of their own memory (no copy);
+    other arrays are copied in bounded chunks along their first axis.
+    """
+    if array.nbytes == 0:
+        return
+    if array.flags.c_contiguous or array.flags.f_contiguous:
+        source = array.T if writable_layout(array) else array
+        yield memoryview(np.ascontiguousarray(source).reshape(-1).view(np.uint8))
+        return
+    rows = max(1, COPY_CHUNK // max(1, array[0].nbytes))
+    for start in range(0, array.shape[0], rows):
+        block = np.ascontiguousarray(array[start : start + rows])
+        yield memoryview(block.reshape(-1).view(np.uint8))

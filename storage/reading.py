@@ -1,0 +1,155 @@
+"""Opening archives for reading and reading their NPY members.
+
+:func:`open_source` turns a path, URL or open binary file into a validated
+:class:`~storage.zipread.ZipReader` and converts any low-level parsing error
+into an :class:`ArchiveError` naming the archive. :func:`read_npy` reads one
+NPY member into a fresh array with a single ``readinto`` (or maps it, for
+stored members of a local archive opened with ``mmap=True``), validating the
+header against the member's size before allocating.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from . import npy, trust
+from .errors import ArchiveError, BadNpyHeaderError, BadPersistentIdError, CheckpointError
+from .fs import resolve, url_of
+from .zipread import READ_BLOCK, MemberStream, ZipReader
+
+__all__ = ["ArchiveSource", "check_member", "open_source", "read_npy"]
+
+REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
+CONTEXT_PREFIX_MAX = 4096  # a gpuarray member's pickled context name is tiny
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """An open archive: its directory, its name for messages, and (for
+    ``mmap=True`` on local disk) a read-only map of the whole file."""
+
+    reader: ZipReader
+    source: str
+    mapping: mmap.mmap | None = None
+
+
+@contextmanager
+def open_source(
+    src: str | os.PathLike[str] | IO[bytes],
+    storage_options: dict[str, Any] | None,
+    *,
+    mmap: bool = False,
+) -> Iterator[ArchiveSource]:
+    """Open ``src`` (closing it afterwards unless it was an open file)."""
+    if not isinstance(src, (str, os.PathLike)):
+        source = repr(src)
+        with _as_archive_errors(source):
+            yield ArchiveSource(ZipReader(src, source=source), source)
+        return
+    fs, path = resolve(src, storage_options)
+    source = url_of(fs, path)
+    local = isinstance(fs, LocalFileSystem)
+    options = {} if local else {"block_size": REMOTE_BLOCK, "cache_type": "readahead"}
+    with fs.open(path, "rb", **options) as f, _as_archive_errors(source):
+        reader = ZipReader(f, source=source)
+        yield ArchiveSource(reader, source, _map(f) if mmap and local else None)
+
+
+def _map(file: IO[bytes]) -> mmap.mmap:
+    # The same open file the directory was read from, so a concurrent
+    # replacement of the path cannot swap the bytes under the reader.
+    return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+@contextmanager
+def _as_archive_errors(source: str) -> Iterator[None]:
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (struct.error, zlib.error, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{source}: malformed archive: {exc}") from exc
+
+
+def _header(stream: MemberStream, head: bytes, where: str) -> tuple[npy.NpyHeader, bytes]:
+    """Parse the NPY header at the start of ``head`` + the rest of ``stream``;
+    return it and the bytes read past it."""
+    total = len(head) + stream.remaining
+    head += stream.read(max(0, min(12, total) - len(head)))
+    try:
+        length = npy.header_length(head)
+    except ValueError as exc:
+        raise BadNpyHeaderError(f"{where}: bad NPY header: {exc}") from None
+    if length > min(total, npy.MAX_HEADER_SIZE):
+        raise BadNpyHeaderError(
+            f"{where}: NPY header of {length} bytes does not fit a member of {total} bytes"
+        )
+    head += stream.read(max(0, length - len(head)))
+    header = npy.parse_header(head[:length], data_size=total - length, where=where)
+    return header, head[length:]
+
+
+def _skip_context(stream: MemberStream, where: str) -> bytes:
+    """Read past the pickled context name that starts a Theano ``gpuarray`` member."""
+    prefix = io.BytesIO(stream.read(min(stream.remaining, CONTEXT_PREFIX_MAX)))
+    try:
+        context = trust.restricted_unpickler(prefix, source=where).load()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any malformed stream
+        raise BadPersistentIdError(f"{where}: bad gpuarray context name: {exc}") from None
+    if not isinstance(context, (str, bytes, type(None))):
+        raise BadPersistentIdError(f"{where}: gpuarray context name is {type(context).__name__}")
+    return prefix.getvalue()[prefix.tell() :]
+
+
+def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
+    if array.nbytes == 0:
+        return memoryview(bytearray())
+    flat = array.T if fortran else array
+    return memoryview(flat.reshape(-1).view(np.uint8))
+
+
+def read_npy(archive: ArchiveSource, name: str, *, context_prefix: bool = False) -> np.ndarray:
+    """Read NPY member ``name`` (after a pickled context name if ``context_prefix``)."""
+    where = f"{archive.source}: member {name!r}"
+    stream = archive.reader.open(name)
+    head = _skip_context(stream, where) if context_prefix else b""
+    header, rest = _header(stream, head, where)
+    order = "F" if header.fortran_order else "C"
+    if archive.mapping is not None and stream.member.method == 0 and not context_prefix:
+        offset = archive.reader.data_offset(stream.member) + header.size
+        flat = np.frombuffer(
+            archive.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
+        )
+        return flat.reshape(header.shape, order=order)
+    array = np.empty(header.shape, dtype=header.dtype, order=order)
+    view = _bytes_of(array, header.fortran_order)
+    view[: len(rest)] = rest
+    stream.readinto(view[len(rest) :])
+    stream.finish()
+    return array
+
+
+def check_member(archive: ArchiveSource, name: str) -> None:
+    """Read member ``name`` through, checking its CRC-32 and, if it is an NPY
+    stream, its header against its size."""
+    stream = archive.reader.open(name)
+    head = stream.read(min(len(npy.MAGIC), stream.remaining))
+    if head == npy.MAGIC:
+        _header(stream, head, f"{archive.source}: member {name!r}")
+    while stream.remaining:
+        stream.read(min(READ_BLOCK, stream.remaining))
+    stream.finish()

@@ -1,0 +1,236 @@
+"""A streaming ZIP writer: sequential writes only, never a seek back.
+
+Every member carries a data descriptor (general purpose bit 3), so its CRC-32
+and sizes follow its data and the destination may be a pipe or an upload.
+Members are STORED (the default) or DEFLATEd; a stored member's data can be
+aligned to 64 bytes in the file by padding the local header's extra field
+(an ``0xD935`` alignment record, as Android's zipalign writes), so an archive
+on local disk can be memory-mapped. ZIP64 records are written for members,
+offsets and counts beyond the 32-bit (16-bit for counts) limits.
+
+The CRC-32 of a large buffer is computed on a helper thread while the caller's
+thread writes the same buffer (``zlib.crc32`` releases the GIL).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO
+
+__all__ = ["ZipWriter", "WrittenMember"]
+
+ZIP64_LIMIT = 0xFFFFFFFF
+COUNT_LIMIT = 0xFFFF
+WRITE_BLOCK = 16 << 20  # bytes handed to the file per write call
+THREADED_CRC = 1 << 20  # buffers at least this large get their CRC on the helper thread
+ALIGN_RECORD = 0xD935
+FLAG_DESCRIPTOR = 0x08
+FLAG_UTF8 = 0x800
+METHODS = {"stored": 0, "deflate": 8}
+
+
+@dataclass(frozen=True)
+class WrittenMember:
+    """Where a member landed and what the central directory says of it."""
+
+    name: str
+    method: int
+    header_offset: int
+    data_offset: int
+    crc: int
+    compressed_size: int
+    size: int
+    zip64: bool
+
+
+def _dos_time(stamp: float) -> tuple[int, int]:
+    t = time.gmtime(stamp)
+    return (
+        (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
+        ((max(t.tm_year, 1980) - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday,
+    )
+
+
+class ZipWriter:
+    """Write a ZIP archive member by member to a binary file, sequentially.
+
+    ``compression`` is ``"stored"`` or ``"deflate"`` for every member;
+    ``force_zip64`` writes ZIP64 records even where not needed (readers
+    must cope with both). Call :meth:`close` once, after the last member;
+    it writes the central directory but does not close ``file``.
+    """
+
+    def __init__(
+        self, file: IO[bytes], *, compression: str = "stored", force_zip64: bool = False
+    ) -> None:
+        if compression not in METHODS:
+            raise ValueError(f"compression must be one of {sorted(METHODS)}, not {compression!r}")
+        self._file = file
+        self._method = METHODS[compression]
+        self._force_zip64 = force_zip64
+        self._position = 0
+        self._members: list[WrittenMember] = []
+        self._names: set[str] = set()
+        self._time, self._date = _dos_time(time.time())
+
+    @property
+    def members(self) -> tuple[WrittenMember, ...]:
+        return tuple(self._members)
+
+    def add(
+        self, name: str, chunks: Iterable[memoryview | bytes], *, size: int, align: int = 1
+    ) -> WrittenMember:
+        """Write one member whose data is the concatenation of ``chunks``.
+
+        ``size`` is the total length of the data (it must be exact: it decides
+        ZIP64 up front). With ``align`` > 1 a stored member's data starts at a
+        multiple of ``align`` in the file.
+        """
+        if name in self._names:
+            raise ValueError(f"duplicate ZIP member name {name!r}")
+        encoded = name.encode("utf8")
+        zip64 = self._force_zip64 or size * 1.01 + 1024 >= ZIP64_LIMIT
+        header_offset = self._position
+        self._write(self._local_header(encoded, zip64, header_offset, align))
+        data_offset = self._position
+        if self._method == 0:
+            crc, written = self._write_stored(chunks)
+            compressed = written
+        else:
+            crc, written, compressed = self._write_deflated(chunks)
+        if written != size:
+            raise ValueError(f"member {name!r}: announced {size} bytes, got {written}")
+        descriptor = "<4sLQQ" if zip64 else "<4sLLL"
+        self._write(struct.pack(descriptor, b"PK\x07\x08", crc, compressed, size))
+        member = WrittenMember(
+            name, self._method, header_offset, data_offset, crc, compressed, size, zip64
+        )
+        self._members.append(member)
+        self._names.add(name)
+        return member
+
+    def close(self) -> None:
+        """Write the central directory and the end records."""
+        directory_offset = self._position
+        for member in self._members:
+            self._write(self._central_entry(member))
+        directory_size = self._position - directory_offset
+        count = len(self._members)
+        if (
+            self._force_zip64
+            or count >= COUNT_LIMIT
+            or directory_offset >= ZIP64_LIMIT
+            or directory_size >= ZIP64_LIMIT
+        ):
+            record_offset = self._position
+            self._write(
+                struct.pack(
+                    "<4sQHHLLQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0,
+                    count, count, directory_size, directory_offset,
+                )
+            )
+            self._write(struct.pack("<4sLQL", b"PK\x06\x07", 0, record_offset, 1))
+            count = min(count, COUNT_LIMIT)
+            directory_size = min(directory_size, ZIP64_LIMIT)
+            directory_offset = min(directory_offset, ZIP64_LIMIT)
+        self._write(
+            struct.pack(
+                "<4sHHHHLLH", b"PK\x05\x06", 0, 0, count, count,
+                directory_size, directory_offset, 0,
+            )
+        )
+
+    def _flags(self, encoded: bytes) -> int:
+        return FLAG_DESCRIPTOR | (FLAG_UTF8 if not encoded.isascii() else 0)
+
+    def _local_header(self, encoded: bytes, zip64: bool, offset: int, align: int) -> bytes:
+        extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
+        if align > 1 and self._method == 0:
+            pad = -(offset + 30 + len(encoded) + len(extra)) % align
+            while 0 < pad < 6:
+                pad += align
+            if pad:
+                extra += struct.pack("<HHH", ALIGN_RECORD, pad - 4, align) + bytes(pad - 6)
+        size_field = ZIP64_LIMIT if zip64 else 0
+        return (
+            struct.pack(
+                "<4sHHHHHLLLHH", b"PK\x03\x04", 45 if zip64 else 20, self._flags(encoded),
+                self._method, self._time, self._date, 0, size_field, size_field,
+                len(encoded), len(extra),
+            )
+            + encoded
+            + extra
+        )
+
+    def _central_entry(self, member: WrittenMember) -> bytes:
+        encoded = member.name.encode("utf8")
+        fields = [member.size, member.compressed_size, member.header_offset]
+        large = [self._force_zip64 or value >= ZIP64_LIMIT for value in fields]
+        extra_values = [value for value, big in zip(fields, large) if big]
+        extra = (
+            struct.pack(f"<HH{len(extra_values)}Q", 1, 8 * len(extra_values), *extra_values)
+            if extra_values
+            else b""
+        )
+        size, compressed, offset = (
+            ZIP64_LIMIT if big else value for value, big in zip(fields, large)
+        )
+        version = 45 if extra_values else 20
+        return (
+            struct.pack(
+                "<4sHHHHHHLLLHHHHHLL", b"PK\x01\x02", (3 << 8) | version, version,
+                self._flags(encoded), member.method, self._time, self._date, member.crc,
+                compressed, size, len(encoded), len(extra), 0, 0, 0, 0o100644 << 16, offset,
+            )
+            + encoded
+            + extra
+        )
+
+    def _write(self, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_BLOCK):
+            self._file.write(view[start : start + WRITE_BLOCK])
+        self._position += len(view)
+
+    def _write_stored(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int]:
+        crc = 0
+        written = 0
+        pending: Future[int] | None = None
+        # The pool starts its thread only at the first large chunk.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zip-crc") as pool:
+            for chunk in chunks:
+                if pending is not None:
+                    crc = pending.result()
+                    pending = None
+                if len(chunk) >= THREADED_CRC:
+                    pending = pool.submit(zlib.crc32, chunk, crc)
+                else:
+                    crc = zlib.crc32(chunk, crc)
+                self._write(chunk)
+                written += len(chunk)
+            if pending is not None:
+                crc = pending.result()
+        return crc, written
+
+    def _write_deflated(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int, int]:
+        deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        crc = 0
+        written = 0
+        compressed = 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            for start in range(0, len(view), WRITE_BLOCK):
+                piece = view[start : start + WRITE_BLOCK]
+                crc = zlib.crc32(piece, crc)
+                out = deflater.compress(piece)
+                self._write(out)
+                compressed += len(out)
+            written += len(view)
+        out = deflater.flush()
+        self._write(out)
+        return crc, written, compressed + len(out)
