@@ -1,0 +1,510 @@
+"""Safe unpickling: data loads by default, code-execution gadgets never run."""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import datetime
+import functools
+import importlib
+import io
+import operator
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage.errors import CorruptPickleError, MissingMemberError, UntrustedTypeError
+from storage.trust import (
+    Audit,
+    audit_pickle,
+    load_pickle,
+    register_trusted,
+    restricted_unpickler,
+)
+
+PROTOCOLS = [0, 2, 4, 5]
+
+
+@dataclass
+class Model:
+    """A user class: never trusted unless the caller says so."""
+
+    weights: np.ndarray
+    step: int
+
+
+@dataclass
+class RegisteredByClass:
+    value: int
+
+
+@dataclass
+class RegisteredByName:
+    value: int
+
+
+class _Reduce:
+    """Pickles as ``func(*args)``: how hostile pickles are written with ``pickle.dumps``.
+
+    It is callable only so that it may stand as the ``func`` of another ``_Reduce``.
+    """
+
+    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
+        self.func, self.args = func, args
+
+    def __call__(self, *args: Any) -> Any:
+        raise NotImplementedError("only pickled, never called")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def _p0_call(module: str, name: str, arg: str) -> bytes:
+    """Protocol 0 text: ``module.name(arg)`` through GLOBAL and REDUCE."""
+    return f"c{module}\n{name}\n(V{arg}\ntR.".encode()
+
+
+def _short_str(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+# ---------------------------------------------------------------- data loads
+
+
+def _state() -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    rng.random(3)
+    return {
+        "arrays": [np.arange(12, dtype="<i4").reshape(3, 4), np.arange(4, dtype="<u2"),
+                   np.arange(6.0).reshape(2, 3).copy(order="F")],
+        "structured": np.array([(1, 2.5)], dtype=[("a", "<i2"), ("b", ">f4")]),
+        "strings": np.array(["ab", "c"], dtype="U3"),
+        "times": np.array(["2020-01-01", "2021-06-30"], dtype="M8[D]"),
+        "objects": np.array([1, "x", None], dtype=object),
+        "scalars": (np.float64(1.5), np.int8(-3), np.complex64(1j), np.bool_(True),
+                    np.datetime64("2020-01-01T10:00"), np.str_("s"), np.float16(0.5)),
+        "dtypes": [np.dtype("f8"), np.float32, np.dtype([("x", "<u2", (2,))]), type(np.dtype("i4"))],
+        "rngs": {"generator": rng, "legacy": np.random.RandomState(3),
+                 "bitgens": [np.random.MT19937(1), np.random.PCG64DXSM(2), np.random.Philox(3),
+                             np.random.SFC64(4)],
+                 "seed": np.random.SeedSequence(5)},
+        "collections": [collections.OrderedDict(b=1, a=2), collections.deque([1, 2], maxlen=4),
+                        collections.Counter("abca"), collections.defaultdict(list, k=[1])],
+        "times_py": [datetime.date(2020, 1, 2), datetime.time(3, 4),
+                     datetime.datetime(2020, 1, 2, 3, tzinfo=datetime.timezone.utc),
+                     datetime.timedelta(days=2),
+                     datetime.timezone(datetime.timedelta(hours=-3), "X")],
+        "builtins": [{1, 2}, frozenset({3}), bytearray(b"\x00\xff"), b"\x80raw", slice(1, 9, 2),
+                     range(5), 2j, 2**100, ..., NotImplemented, int, "text", 1.5, None, True],
+    }
+
+
+def _assert_same(a: Any, b: Any) -> None:
+    assert type(a) is type(b)
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tolist() == b.tolist()
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    elif isinstance(a, np.random.Generator):
+        assert a.random(4).tolist() == b.random(4).tolist()
+    elif isinstance(a, np.random.RandomState):
+        assert a.random_sample(4).tolist() == b.random_sample(4).tolist()
+    elif isinstance(a, np.random.BitGenerator):
+        assert a.random_raw(4).tolist() == b.random_raw(4).tolist()
+    elif isinstance(a, np.random.SeedSequence):
+        assert a.generate_state(4).tolist() == b.generate_state(4).tolist()
+    else:
+        assert a == b
+        if isinstance(a, (collections.deque, collections.defaultdict)):
+            assert repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_default_allowlist_loads_training_state(protocol: int) -> None:
+    state = _state()
+    data = pickle.dumps(state, protocol=protocol)
+    audit = audit_pickle(data)
+    assert audit.untrusted == ()
+    assert "numpy.dtype" in audit.globals
+    _assert_same(load_pickle(data, source="state.pkl"), _state())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_user_class_is_refused_by_default_and_named(protocol: int) -> None:
+    data = pickle.dumps(Model(np.ones(2), 3), protocol=protocol)
+    name = f"{Model.__module__}.Model"
+    with pytest.raises(UntrustedTypeError) as info:
+        load_pickle(data, source="model.pkl")
+    assert info.value.names == [name]
+    assert "model.pkl" in str(info.value) and name in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_trusted_by_class_or_dotted_name_loads(protocol: int) -> None:
+    data = pickle.dumps([Model(np.arange(3.0), 3)], protocol=protocol)
+    for trusted in ([Model], [f"{Model.__module__}.Model"]):
+        (loaded,) = load_pickle(data, source="m", trusted=trusted)
+        assert isinstance(loaded, Model) and loaded.step == 3
+        assert loaded.weights.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_register_trusted_is_process_wide() -> None:
+    data = pickle.dumps([RegisteredByClass(1), RegisteredByName(2)], protocol=2)
+    with pytest.raises(UntrustedTypeError) as info:
+        load_pickle(data, source="r")
+    assert len(info.value.names) == 2
+    register_trusted(RegisteredByClass, f"{RegisteredByName.__module__}.RegisteredByName")
+    assert load_pickle(data, source="r") == [RegisteredByClass(1), RegisteredByName(2)]
+
+
+def test_register_trusted_rejects_what_is_not_a_dotted_name() -> None:
+    with pytest.raises(ValueError, match="dotted"):
+        register_trusted("Model")
+    with pytest.raises(TypeError, match="list"):
+        audit_pickle(pickle.dumps(1), trusted="pkg.Model")  # type: ignore[arg-type]
+
+
+def test_unsafe_loads_untrusted_user_class() -> None:
+    data = pickle.dumps(Model(np.arange(2.0), 9), protocol=5)
+    loaded = load_pickle(data, source="m", unsafe=True)
+    assert isinstance(loaded, Model) and loaded.step == 9 and loaded.weights.tolist() == [0, 1]
+
+
+def test_python2_builtin_names_are_audited_as_builtins() -> None:
+    data = b"c__builtin__\nset\n((lp0\nI1\naI2\natp1\nRp2\n."
+    assert audit_pickle(data) == Audit(("builtins.set",), ())
+    assert load_pickle(data, source="py2") == {1, 2}
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_numpy1_core_names_load_without_deprecation_warning(protocol: int) -> None:
+    data = pickle.dumps(np.arange(4.0), protocol=protocol).replace(b"numpy._core", b"numpy.core")
+    assert b"numpy.core.multiarray" in data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_pickle(data, source="np1").tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+# ------------------------------------------------------------------ renames
+
+
+def _old_model_pickle(module: str, qualname: str, step: int, protocol: int,
+                      monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A ``Model`` pickled by old code, where the class lived at ``module.qualname``."""
+    old_class = type(qualname, (), {"__module__": module, "__qualname__": qualname})
+    old = old_class()
+    old.__dict__.update(weights=np.ones(2), step=step)
+    with monkeypatch.context() as patch:
+        for depth in range(1, module.count(".") + 2):
+            name = ".".join(module.split(".")[:depth])
+            patch.setitem(sys.modules, name, types.ModuleType(name))
+        setattr(sys.modules[module], qualname, old_class)
+        return pickle.dumps(old, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_renamed_class_loads_with_exact_rename(protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _old_model_pickle("old_project.models", "OldModel", 4, protocol, monkeypatch)
+    new = f"{Model.__module__}.Model"
+    renames = {"old_project.models.OldModel": new}
+    assert new in audit_pickle(data, renames=renames).globals
+    loaded = load_pickle(data, source="old", trusted=[Model], renames=renames)
+    assert type(loaded) is Model and loaded.step == 4
+    assert loaded.weights.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_moved_module_loads_with_prefix_rename(protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _old_model_pickle("old_project.models", "Model", 5, protocol, monkeypatch)
+    loaded = load_pickle(
+        data, source="old", trusted=[Model], renames={"old_project.models": Model.__module__}
+    )
+    assert isinstance(loaded, Model) and loaded.step == 5
+
+
+def test_renames_prefer_exact_name_then_longest_module_prefix() -> None:
+    data = _p0_call("a.b.c", "Model", "x")
+    assert audit_pickle(data, renames={"a": "x", "a.b": "y"}).globals == ("y.c.Model",)
+    assert audit_pickle(data, renames={"a": "x", "a.b.c.Model": "z.New"}).globals == ("z.New",)
+    assert audit_pickle(data, renames={"a.b.c.M": "no", "a.bb": "no"}).globals == ("a.b.c.Model",)
+
+
+def test_trusted_name_that_no_longer_imports_is_a_clear_error() -> None:
+    data = _p0_call("old_project.models", "Model", "x")
+    with pytest.raises(CorruptPickleError, match="old.pkl.*old_project.models.Model.*renames"):
+        load_pickle(data, source="old.pkl", trusted=["old_project.models.Model"])
+
+
+# ------------------------------------------------------------ hostile input
+
+
+GADGETS = {
+    "posix.system": ["posix.system"],
+    "eval": ["builtins.eval"],
+    "exec": ["builtins.exec"],
+    "getattr-import": ["builtins.__import__", "builtins.getattr"],
+    "popen": ["subprocess.Popen"],
+    "nested-pickle": ["_pickle.loads"],
+    "partial-eval": ["builtins.eval", "functools.partial"],
+    "methodcaller": ["importlib.import_module", "operator.methodcaller"],
+    "attrgetter": ["importlib.import_module", "operator.attrgetter"],
+    "numpy.load": ["numpy.load"],
+    "reconstructor": ["subprocess.Popen"],
+}
+"""Gadget name -> the untrusted names its pickle must be refused for."""
+
+HANDWRITTEN = {
+    "os.system p0": ["os.system"],
+    "__builtin__.eval p0": ["builtins.eval"],
+    "INST p0": ["os.system"],
+    "OBJ p1": ["os.system"],
+    "pickle.loads p0": ["pickle.loads"],
+    "memoized STACK_GLOBAL": ["os.system"],
+    "text memo GET": ["os.system"],
+    "LONG_BINGET": ["posix.system"],
+    "decoy strings": ["os.system"],
+}
+
+
+def _gadgets(marker: Path, npy: Path) -> dict[str, Any]:
+    """Objects whose unpickling creates ``marker``: each is real code execution."""
+    cmd = f"touch {shlex.quote(str(marker))}"
+    code = f"open({str(marker)!r}, 'w').close()"
+    inner = pickle.dumps(_Reduce(os.system, (cmd,)), protocol=2)
+    np.save(npy, np.array([_Reduce(os.system, (cmd,))], dtype=object), allow_pickle=True)
+    os_module = _Reduce(importlib.import_module, ("os",))
+    return {
+        "posix.system": _Reduce(os.system, (cmd,)),
+        "eval": _Reduce(eval, (code,)),
+        "exec": _Reduce(exec, (code,)),
+        "getattr-import": _Reduce(_Reduce(getattr, (_Reduce(__import__, ("os",)), "system")),
+                                  (cmd,)),
+        "popen": _Reduce(subprocess.Popen, (["touch", str(marker)],)),
+        "nested-pickle": _Reduce(pickle.loads, (inner,)),
+        "partial-eval": _Reduce(functools.partial(eval, code), ()),
+        "methodcaller": _Reduce(operator.methodcaller("system", cmd), (os_module,)),
+        "attrgetter": _Reduce(_Reduce(operator.attrgetter("system"), (os_module,)), (cmd,)),
+        "numpy.load": _Reduce(np.load, (str(npy), None, True)),
+        "reconstructor": _Reduce(copyreg._reconstructor,
+                                 (subprocess.Popen, subprocess.Popen, ["touch", str(marker)])),
+    }
+
+
+def _handwritten(marker: Path) -> dict[str, bytes]:
+    """Streams ``pickle.dumps`` never writes, each creating ``marker`` when loaded."""
+    cmd = f"touch {shlex.quote(str(marker))}"
+    code = f"open({str(marker)!r}, 'w').close()"
+    args = _short_str(cmd) + b"\x85R."
+    return {
+        "os.system p0": _p0_call("os", "system", cmd),
+        "__builtin__.eval p0": _p0_call("__builtin__", "eval", code),
+        "INST p0": f"(V{cmd}\nios\nsystem\n.".encode(),
+        "OBJ p1": f"(cos\nsystem\nV{cmd}\no.".encode(),
+        "pickle.loads p0": b"cpickle\nloads\n(c_codecs\nencode\n(V"
+        + _p0_call("os", "system", cmd).replace(b"\n", b"\\u000a") + b"\nVlatin1\ntRtR.",
+        "memoized STACK_GLOBAL": b"\x80\x04" + _short_str("os") + b"\x94" + _short_str("system")
+        + b"\x940" + b"0h\x00h\x01\x93" + args,
+        "text memo GET": b"\x80\x04Vos\np7\n0Vsystem\np8\n0g7\ng8\n\x93" + args,
+        "LONG_BINGET": b"\x80\x04" + _short_str("posix") + b"r\x00\x01\x00\x000"
+        + _short_str("system") + b"r\x01\x01\x00\x000j\x00\x01\x00\x00j\x01\x01\x00\x00\x93"
+        + args,
+        "decoy strings": b"\x80\x04" + _short_str("os") + _short_str("system") + b"("
+        + _short_str("builtins") + _short_str("dict") + b"1\x93" + args,
+    }
+
+
+@pytest.fixture
+def no_side_effects(tmp_path: Path) -> Any:
+    """Yields the path a gadget would create; afterwards asserts it was not created."""
+    marker = tmp_path / "pwned"
+    yield marker
+    assert not marker.exists()
+
+
+def _refuse(data: bytes, *, unpickler_too: bool = True) -> list[str]:
+    """Assert ``data`` is refused (and refused again by the bare unpickler) importing nothing."""
+    modules = set(sys.modules)
+    with pytest.raises(UntrustedTypeError) as info:
+        load_pickle(data, source="evil.pkl")
+    assert "evil.pkl" in str(info.value)
+    if unpickler_too:
+        with pytest.raises(UntrustedTypeError):
+            restricted_unpickler(io.BytesIO(data), source="evil.pkl").load()
+    assert set(sys.modules) - modules == set()
+    return info.value.names
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("name", sorted(GADGETS))
+def test_hostile_gadget_is_refused_without_side_effect(
+    name: str, protocol: int, no_side_effects: Path, tmp_path: Path
+) -> None:
+    data = pickle.dumps(_gadgets(no_side_effects, tmp_path / "evil.npy")[name], protocol=protocol)
+    # protocols 0-2 write Python 2 names: _pickle.loads is written as pickle.loads
+    expected = [n.removeprefix("_") if protocol < 3 else n for n in GADGETS[name]]
+    assert _refuse(data) == expected
+
+
+@pytest.mark.parametrize("name", sorted(HANDWRITTEN))
+def test_handwritten_hostile_stream_is_refused_without_side_effect(
+    name: str, no_side_effects: Path
+) -> None:
+    assert _refuse(_handwritten(no_side_effects)[name]) == HANDWRITTEN[name]
+
+
+@pytest.mark.parametrize("name", sorted(GADGETS))
+def test_gadgets_really_execute_when_unsafe(name: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    data = pickle.dumps(_gadgets(marker, tmp_path / "evil.npy")[name], protocol=4)
+    result = load_pickle(data, source="evil.pkl", unsafe=True)
+    if isinstance(result, subprocess.Popen):
+        result.wait()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", sorted(HANDWRITTEN))
+def test_handwritten_streams_really_execute_with_plain_pickle(name: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    pickle.loads(_handwritten(marker)[name])
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "dotted",
+    ["builtins.getattr", "builtins.compile", "builtins.open", "builtins.globals", "builtins.vars",
+     "builtins.__import__", "builtins.type", "builtins.breakpoint", "_pickle.loads",
+     "importlib.import_module", "numpy.lib.npyio.load", "numpy.load", "numpy.f2py.compile",
+     "numpy.distutils.exec_command.exec_command",
+     "numpy.testing._private.extbuild.build_and_import_extension", "numpy.ctypeslib.load_library",
+     "ctypes.CDLL", "shutil.rmtree", "copyreg.add_extension", "numpy.random._pickle.BitGenerators"],
+)
+def test_dangerous_names_are_not_trusted(dotted: str, no_side_effects: Path) -> None:
+    module, _, name = dotted.rpartition(".")
+    assert _refuse(_p0_call(module, name, "x")) == [dotted]
+
+
+def test_all_untrusted_names_are_listed_in_one_error(no_side_effects: Path) -> None:
+    data = pickle.dumps(
+        [_Reduce(os.system, ("true",)), _Reduce(functools.partial(eval, "1"), ()),
+         _Reduce(subprocess.Popen, (["true"],)), np.arange(3)],
+        protocol=4,
+    )
+    assert _refuse(data) == ["builtins.eval", "functools.partial", "posix.system",
+                             "subprocess.Popen"]
+
+
+def test_extension_codes_resolve_through_the_copyreg_registry(no_side_effects: Path) -> None:
+    cmd = f"touch {shlex.quote(str(no_side_effects))}"
+    ext1 = b"\x80\x02\x82\xf1" + _short_str(cmd) + b"\x85R."
+    ext2 = b"\x80\x02\x83\xf0\xf0" + _short_str(cmd) + b"\x85R."
+    assert _refuse(ext1, unpickler_too=False) == ["<extension code 241>"]
+    copyreg.add_extension("os", "system", 0xF1)
+    copyreg.add_extension("builtins", "dict", 0xF0F0)
+    try:
+        assert _refuse(ext1) == ["os.system"]
+        assert audit_pickle(ext2) == Audit(("builtins.dict",), ())
+    finally:
+        copyreg.remove_extension("os", "system", 0xF1)
+        copyreg.remove_extension("builtins", "dict", 0xF0F0)
+
+
+def test_stack_global_with_computed_operands_is_refused(no_side_effects: Path) -> None:
+    computed_os = _short_str("builtins") + _short_str("str") + b"\x93" + _short_str("os") + b"\x85R"
+    data = b"\x80\x04" + computed_os + _short_str("system") + b"\x93" + _short_str("true") + b"\x85R."
+    assert _refuse(data) == ["<dynamic global>"]
+
+
+@pytest.mark.parametrize("via_memo", [False, True])
+def test_setting_attributes_on_a_trusted_class_is_refused(
+    via_memo: bool, no_side_effects: Path
+) -> None:
+    counter = b"\x80\x02ccollections\nCounter\n" + (b"q\x000h\x00" if via_memo else b"")
+    data = counter + b"N}X\x05\x00\x00\x00pwnedK\x01s\x86b."
+    assert _refuse(data, unpickler_too=False) == ["collections.Counter (BUILD sets its attributes)"]
+    assert not hasattr(collections.Counter, "pwned")
+
+
+# ----------------------------------------------------------- malformed input
+
+
+def test_every_truncation_is_a_corrupt_pickle() -> None:
+    data = pickle.dumps({"a": np.arange(3), "b": [1.5, "x"], "r": np.random.default_rng(1)}, 5)
+    for end in range(len(data)):
+        with pytest.raises(CorruptPickleError, match="part.pkl"):
+            load_pickle(data[:end], source="part.pkl")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage",
+        b"\x80\x05\x95\xff\xff\xff\xff\x00\x00\x00\x00",
+        b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\x00\x00abc.",
+        b"\x80\x04h\x05.",
+        b"\x80\x02cbuiltins\n.",
+        b"\x80\x02cbuiltins\nint\nK\x01R.",
+        b"\x80\x02cbuiltins\ncomplex\nX\x01\x00\x00\x00x\x85R.",
+        b"\x80\x02cnumpy\nndarray\nK\x01\x85R(K\x01K\x05\x85cnumpy\ndtype\nX\x02\x00\x00\x00f8"
+        b"\x85RK\x00C\x03abctb.",
+        b"\x80\x02cnumpy._core.multiarray\n_reconstruct\nK\x01\x85R.",
+        b"\x80\x04\x93.",
+        b"\x80\x041.",
+        b"\x80\x04Pid\n.",
+        b"\x80\x04\x97.",
+        b"\x80\x04(]\x94a.",
+    ],
+    ids=["garbage", "lying frame", "lying bytes8", "missing memo", "bad global", "bad reduce",
+         "bad complex", "bad array state", "bad reconstruct", "stack underflow", "pop mark",
+         "persid without loader", "out-of-band buffer", "append across mark"],
+)
+def test_malformed_stream_is_a_corrupt_pickle_naming_the_source(data: bytes) -> None:
+    with pytest.raises(CorruptPickleError, match="bad.pkl"):
+        load_pickle(data, source="bad.pkl")
+
+
+def test_deeply_nested_pickle_loads() -> None:
+    depth = 50_000
+    data = b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b"."
+    node = load_pickle(data, source="deep.pkl")
+    for _ in range(depth - 1):
+        (node,) = node
+    assert node == []
+
+
+def test_persistent_ids_go_to_the_callers_loader() -> None:
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> str | None:
+            return f"ndarray.{id(obj)}" if isinstance(obj, np.ndarray) else None
+
+    arr = np.arange(3)
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"w": arr})
+    table = {f"ndarray.{id(arr)}": arr}
+    loaded = load_pickle(buf.getvalue(), source="p", persistent_load=table.__getitem__)
+    assert loaded["w"] is arr
+
+    def missing(pid: Any) -> Any:
+        raise MissingMemberError(f"p: no member for {pid}")
+
+    with pytest.raises(MissingMemberError):
+        load_pickle(buf.getvalue(), source="p", persistent_load=missing)
+    with pytest.raises(CorruptPickleError, match="KeyError"):
+        load_pickle(buf.getvalue(), source="p", persistent_load={}.__getitem__)
