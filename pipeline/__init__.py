@@ -1,0 +1,1 @@
+"""Concrete pipelines built from ``tasks`` (the demo MLP) and their configuration."""

@@ -1,0 +1,250 @@
+"""TrainingTask: a Luigi task whose long loop checkpoints and resumes.
+
+A subclass implements :meth:`TrainingTask.init_state` and
+:meth:`TrainingTask.train_step`. :meth:`TrainingTask.run` restores the newest
+good checkpoint of the run (or starts from ``init_state()``), runs the
+remaining steps, saves on schedule and completes by saving the final step,
+which is the task's output. Killed, failed or preempted, the next attempt, on
+this worker or another one sharing the storage, continues from the newest
+checkpoint and ends with exactly the arrays of an uninterrupted run, provided
+all randomness lives in the state.
+
+Step numbering: the state after ``N`` calls of ``train_step`` is "at step
+``N``" and is saved as checkpoint ``N``; ``train_step(state, step)`` performs
+step ``step`` (1-based). The run's folder is
+``<checkpoint_root>/<task family>/<run id>``, the run id being a short hash of
+the significant parameters except ``checkpoint_root`` (the cadence and
+retention parameters are not significant, so changing them resumes the run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import luigi
+from luigi.freezing import recursively_unfreeze
+from luigi.parameter import ParameterVisibility
+
+from storage.checkpoints import CheckpointStore
+from storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
+
+from .preemption import PreemptionGuard
+from .targets import CheckpointTarget
+
+__all__ = ["TrainingInterrupted", "TrainingTask", "storage_options_parameter"]
+
+logger = logging.getLogger("luigi-interface.checkpoint")
+
+_RUN_ID_LENGTH = 10
+
+
+class TrainingInterrupted(CheckpointError):
+    """Training stopped on a signal after saving a checkpoint of the current step."""
+
+
+def storage_options_parameter(section: str) -> luigi.DictParameter:
+    """A private, non-significant ``storage_options`` parameter read from ``[section]``."""
+    return luigi.DictParameter(
+        default={},
+        significant=False,
+        visibility=ParameterVisibility.PRIVATE,
+        config_path={"section": section, "name": "storage_options"},
+        description="fsspec storage options as JSON (S3 endpoint, credentials...)",
+    )
+
+
+class TrainingTask(luigi.Task):
+    """Base class of resumable training tasks; see the module docstring."""
+
+    checkpoint_root = luigi.Parameter(
+        default="./runs",
+        config_path={"section": "checkpoint", "name": "root"},
+        description="folder or URL under which each run gets its own folder",
+    )
+    total_steps = luigi.IntParameter(description="number of steps of a complete run")
+    checkpoint_every = luigi.IntParameter(
+        default=1000, significant=False, description="save every this many steps (0: never by count)"
+    )
+    checkpoint_seconds = luigi.FloatParameter(
+        default=600.0, significant=False, description="save when this much wall time passed since the last save (0: never by time)"
+    )
+    keep_last = luigi.IntParameter(default=3, significant=False, description="newest checkpoints to keep")
+    keep_every = luigi.OptionalIntParameter(
+        default=None, significant=False, description="also keep every step divisible by this"
+    )
+    async_save = luigi.BoolParameter(
+        default=False, significant=False, description="write checkpoints in a background thread"
+    )
+    status_seconds = luigi.FloatParameter(
+        default=5.0, significant=False, description="seconds between progress reports to the scheduler"
+    )
+    storage_options = storage_options_parameter("checkpoint")
+
+    trusted_types: ClassVar[tuple[type | str, ...]] = ()
+    """Classes (or dotted names) the state may contain beyond the safe defaults."""
+
+    def init_state(self) -> Any:
+        """The state at step 0 (model, optimizer, ``numpy.random.Generator``...)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init_state()")
+
+    def train_step(self, state: Any, step: int) -> Mapping[str, float] | None:
+        """Perform step ``step`` (1-based) on ``state`` in place; may return metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement train_step()")
+
+    def run_id(self) -> str:
+        """Short stable hash of the significant parameters but ``checkpoint_root``."""
+        params = self.to_str_params(only_significant=True)
+        params.pop("checkpoint_root", None)
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        return digest[:_RUN_ID_LENGTH]
+
+    def run_url(self) -> str:
+        """The run's folder: ``<checkpoint_root>/<task family>/<run id>``."""
+        return f"{str(self.checkpoint_root).rstrip('/')}/{self.task_family}/{self.run_id()}"
+
+    def _label(self) -> str:
+        return f"{self.task_family} {self.run_id()}"
+
+    def fs_options(self) -> dict[str, Any]:
+        """``storage_options`` as a plain dict, as fsspec wants it."""
+        return recursively_unfreeze(self.storage_options)
+
+    def checkpoint_store(self) -> CheckpointStore:
+        """The :class:`CheckpointStore` of this run."""
+        return CheckpointStore(
+            self.run_url(),
+            keep_last=self.keep_last,
+            keep_every=self.keep_every,
+            storage_options=self.fs_options(),
+        )
+
+    def output(self) -> CheckpointTarget:
+        """The archive of the final step."""
+        url = self.checkpoint_store().url_of(self.total_steps)
+        return CheckpointTarget(url, storage_options=self.fs_options())
+
+    def run(self) -> None:
+        """Resume or start, train to ``total_steps``, save the final step once."""
+        store = self.checkpoint_store()
+        with PreemptionGuard() as guard:
+            start, state = self._resume(store)
+            if start >= self.total_steps:
+                logger.info("%s: already at step %d, %s", self._label(), start, store.root_url)
+                return
+            try:
+                self._train(store, guard, start, state)
+            except BaseException:
+                _settle(store)
+                raise
+
+    def _resume(self, store: CheckpointStore) -> tuple[int, Any]:
+        try:
+            step, state = store.restore(trusted=self.trusted_types)
+        except CheckpointNotFoundError:
+            logger.info("%s: starting at step 0 of %d, %s", self._label(), self.total_steps, store.root_url)
+            return 0, self.init_state()
+        logger.info("%s: resumed from step %d of %d, %s", self._label(), step, self.total_steps, store.url_of(step))
+        return step, state
+
+    def _train(self, store: CheckpointStore, guard: PreemptionGuard, start: int, state: Any) -> None:
+        progress = _Progress(self, start)
+        metrics: Mapping[str, float] = {}
+        for step in range(start + 1, self.total_steps + 1):
+            metrics = self.train_step(state, step) or {}
+            if step == self.total_steps:
+                break
+            if guard.signal_name is not None:
+                self._save(store, step, state, metrics, block=True)
+                progress.saved(step, metrics)
+                guard.stop_worker()
+                raise TrainingInterrupted(
+                    f"{self._label()}: interrupted by {guard.signal_name} after step {step}/{self.total_steps}; "
+                    f"saved checkpoint {store.url_of(step)}, a retry resumes from step {step}"
+                )
+            if progress.checkpoint_due(step):
+                self._save(store, step, state, metrics, block=not self.async_save)
+                progress.saved(step, metrics)
+            else:
+                progress.report(step, metrics)
+        try:
+            store.wait()
+        except StepExistsError as exc:
+            logger.warning("%s: checkpoint skipped: %s", self._label(), exc)
+        self._save(store, self.total_steps, state, metrics, block=True)
+        progress.saved(self.total_steps, metrics)
+
+    def _save(
+        self, store: CheckpointStore, step: int, state: Any, metrics: Mapping[str, float], *, block: bool
+    ) -> None:
+        metadata = {
+            "task_id": self.task_id,
+            "total_steps": self.total_steps,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "host": socket.gethostname(),
+        }
+        try:
+            store.save(step, state, metadata, block=block)
+        except StepExistsError as exc:
+            # Another worker runs this very run (same parameters, so the same
+            # arrays), or a damaged leftover holds the name. The final step
+            # must exist and be good; a checkpoint on the way may be skipped.
+            if step == self.total_steps and store.latest_step() == step:
+                logger.warning("%s: final checkpoint written by another worker: %s", self._label(), exc)
+            elif step == self.total_steps:
+                raise
+            else:
+                logger.warning("%s: checkpoint skipped: %s", self._label(), exc)
+
+
+def _settle(store: CheckpointStore) -> None:
+    """Let an in-flight background save finish; its failure is only logged."""
+    try:
+        store.wait()
+    except Exception as exc:  # the original failure is the one to raise
+        logger.warning("background checkpoint save failed too: %s", exc)
+
+
+class _Progress:
+    """Checkpoint cadence and throttled progress reports of one attempt."""
+
+    def __init__(self, task: TrainingTask, start: int) -> None:
+        self.task = task
+        self.started = time.monotonic()
+        self.last_save = self.started
+        self.last_report = float("-inf")
+        self.checkpoint_note = f"resumed from checkpoint step {start}" if start else "no checkpoint yet"
+        self.saved_step: int | None = None
+
+    def checkpoint_due(self, step: int) -> bool:
+        every, seconds = self.task.checkpoint_every, self.task.checkpoint_seconds
+        if every > 0 and step % every == 0:
+            return True
+        return seconds > 0 and time.monotonic() - self.last_save >= seconds
+
+    def saved(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.last_save = time.monotonic()
+        self.saved_step = step
+        self.report(step, metrics, force=True)
+
+    def report(self, step: int, metrics: Mapping[str, float], *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_report < self.task.status_seconds:
+            return
+        self.last_report = now
+        if self.saved_step is not None:
+            self.checkpoint_note = f"checkpoint step {self.saved_step} saved {now - self.last_save:.0f} s ago"
+        parts = [f"step {step}/{self.task.total_steps}"]
+        parts += [f"{name}={float(value):.4g}" for name, value in metrics.items()]
+        parts.append(self.checkpoint_note)
+        message = ", ".join(parts)
+        if callable(self.task.set_status_message):
+            self.task.set_status_message(message)
+        if callable(self.task.set_progress_percentage):
+            self.task.set_progress_percentage(round(100 * step / self.task.total_steps))
+        logger.debug("%s: %s", self.task._label(), message)
