@@ -16,6 +16,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
 
+# The demo: train the MLP on local disk under ./runs with a planned crash at
+# step 120 (the retry resumes from checkpoint 100), export today's snapshot to
+# ./exports, then show both with `ckpt`. A second run finds the work done.
+DEMO_DATE := $(shell date -u +%F)
+DEMO_LUIGI := LUIGI_CONFIG_PATH=configs/luigi.cfg $(BIN)/luigi --module pipeline.mlp
+
+demo: $(STAMP)
+	$(DEMO_LUIGI) ExportMLP --date $(DEMO_DATE) --after-training --fail-at-step 120
+	@for run in runs/TrainMLP/*/; do echo "== ckpt ls $$run"; $(BIN)/ckpt ls "$$run"; done
+	@for snap in exports/TrainMLP/*/$(DEMO_DATE)/snapshot.zip; do echo "== ckpt inspect $$snap"; $(BIN)/ckpt inspect "$$snap"; done
+	@echo "== checkpoints: $(CURDIR)/runs  snapshots: $(CURDIR)/exports  config: configs/luigi.cfg"
+
 # The benchmark (issue 6): installs the `bench` extra (safetensors, torch==2.13.0,
 # psutil) plus the test extra (moto's S3 server for the S3 cases), then runs
 # the side-by-side table. BENCH_ARGS passes options, e.g. "--quick" or "--json bench.json".
