@@ -26,28 +26,23 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 import os
 import re
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from . import archive, npy
 from .errors import (
     ArchiveError,
-    BadNpyHeaderError,
     ChecksumError,
     MissingMemberError,
-    NotAnArchiveError,
-    TruncatedArchiveError,
 )
 from .fs import atomic_write, resolve, url_of
+from .reading import ArchiveSource, open_source, read_npy
 from .zipwrite import ZipWriter
 
 __all__ = [
@@ -63,7 +58,6 @@ FORMAT = "luigi-checkpoint/snapshot"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _STEP_NAME = re.compile(r"step-(\d+)\.zip")
-_CHUNK = 16 << 20
 
 
 def save_snapshot(
@@ -116,26 +110,23 @@ def load_snapshot(
     :class:`ArchiveError` subclass for any other malformed input. Nothing is
     ever unpickled: object arrays are refused.
     """
-    fs, path = resolve(src, storage_options)
-    where = url_of(fs, path)
-    with _open_zip(fs, path, where) as zf:
-        manifest = _manifest(zf, where)
-        entries = manifest["arrays"]
+    with open_source(src, storage_options) as snapshot:
+        entries = _manifest(snapshot)["arrays"]
         listed = {entry["member"] for entry in entries}
-        extra = sorted(n for n in zf.namelist() if n != MANIFEST and n not in listed)
+        extra = sorted(n for n in snapshot.reader.members if n != MANIFEST and n not in listed)
         if extra:
-            raise ArchiveError(f"{where}: members not in the manifest: {', '.join(extra)}")
-        return {entry["name"]: _read_member(zf, where, entry) for entry in entries}
+            raise ArchiveError(
+                f"{snapshot.source}: members not in the manifest: {', '.join(extra)}"
+            )
+        return {entry["name"]: _read_member(snapshot, entry) for entry in entries}
 
 
 def read_snapshot_manifest(
     src: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a snapshot, reading only the ZIP directory and that member."""
-    fs, path = resolve(src, storage_options)
-    where = url_of(fs, path)
-    with _open_zip(fs, path, where) as zf:
-        return _manifest(zf, where)
+    with open_source(src, storage_options) as snapshot:
+        return _manifest(snapshot)
 
 
 def snapshot_from_archive(
@@ -220,25 +211,11 @@ def _write_member(writer: ZipWriter, name: str, a: np.ndarray) -> dict[str, Any]
     }
 
 
-@contextmanager
-def _open_zip(fs: Any, path: str, where: str) -> Iterator[zipfile.ZipFile]:
-    """``zipfile.ZipFile`` over an fsspec file, with errors named after ``where``."""
-    with fs.open(path, "rb") as f:
-        try:
-            zf = zipfile.ZipFile(f)
-        except zipfile.BadZipFile as exc:
-            raise NotAnArchiveError(f"{where}: not a ZIP archive ({exc})") from None
-        with zf:
-            yield zf
-
-
-def _manifest(zf: zipfile.ZipFile, where: str) -> dict[str, Any]:
-    try:
-        raw = zf.read(MANIFEST)
-    except KeyError:
-        raise MissingMemberError(f"{where}: no {MANIFEST}, not a snapshot") from None
-    except zipfile.BadZipFile as exc:
-        raise ChecksumError(f"{where}: {MANIFEST} is damaged ({exc})") from None
+def _manifest(snapshot: ArchiveSource) -> dict[str, Any]:
+    where = snapshot.source
+    if MANIFEST not in snapshot.reader:
+        raise MissingMemberError(f"{where}: no {MANIFEST}, not a snapshot")
+    raw = snapshot.reader.read(MANIFEST)
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -269,53 +246,25 @@ def _valid_entry(entry: object) -> bool:
     )
 
 
-def _read_member(zf: zipfile.ZipFile, where: str, entry: dict[str, Any]) -> np.ndarray:
-    name = entry["name"]
-    try:
-        info = zf.getinfo(entry["member"])
-    except KeyError:
-        raise MissingMemberError(f"{where}: array {name!r} is missing (no {entry['member']})") from None
-    try:
-        with zf.open(info) as member:
-            a, digest = _read_npy(member, info.file_size, f"{where}: array {name!r}")
-    except zipfile.BadZipFile as exc:
-        raise ChecksumError(f"{where}: array {name!r} is damaged ({exc})") from None
-    except EOFError:
-        raise TruncatedArchiveError(f"{where}: array {name!r} is truncated") from None
+def _read_member(snapshot: ArchiveSource, entry: dict[str, Any]) -> np.ndarray:
+    what = f"{snapshot.source}: array {entry['name']!r}"
+    if entry["member"] not in snapshot.reader:
+        raise MissingMemberError(f"{what} is missing (no member {entry['member']})")
+    a = read_npy(snapshot, entry["member"])
     if a.dtype.str != entry["dtype"] or list(a.shape) != entry["shape"]:
         raise ArchiveError(
-            f"{where}: array {name!r} is {a.dtype.str} {list(a.shape)}, the manifest says "
+            f"{what} is {a.dtype.str} {list(a.shape)}, the manifest says "
             f"{entry['dtype']} {entry['shape']}"
         )
-    if digest != entry["sha256"]:
-        raise ChecksumError(f"{where}: array {name!r} does not match its SHA-256 in the manifest")
+    if _digest(a) != entry["sha256"]:
+        raise ChecksumError(f"{what} does not match its SHA-256 in the manifest")
     return a
 
 
-def _read_npy(f: IO[bytes], size: int, what: str) -> tuple[np.ndarray, str]:
-    """The array of an NPY stream of ``size`` bytes and the SHA-256 of its data.
-
-    The header is checked against ``size`` before anything is allocated.
-    """
-    head = f.read(12)
-    try:
-        length = npy.header_length(head)
-    except ValueError as exc:
-        raise BadNpyHeaderError(f"{what}: bad NPY header: {exc}") from None
-    head += f.read(max(0, min(length, size, npy.MAX_HEADER_SIZE + 1) - len(head)))
-    header = npy.parse_header(head[:length], data_size=size - length, where=what)
-    flat = np.empty(math.prod(header.shape), header.dtype)
-    buf = memoryview(flat.view(np.uint8))
-    done = len(head[length:])
-    buf[:done] = head[length:]
-    while done < len(buf):
-        chunk = f.read(min(_CHUNK, len(buf) - done))
-        if not chunk:
-            raise EOFError
-        buf[done : done + len(chunk)] = chunk
-        done += len(chunk)
-    digest = hashlib.sha256(buf).hexdigest()
-    return flat.reshape(header.shape, order="F" if header.fortran_order else "C"), digest
+def _digest(a: np.ndarray) -> str:
+    """SHA-256 of the data bytes of ``a`` in the order its NPY header declares."""
+    stored = a.T if npy.writable_layout(a) else a
+    return hashlib.sha256(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def _library_version() -> str:
