@@ -147,7 +147,9 @@ def audit_pickle(
     ``STACK_GLOBAL``; operands that are not constant strings count as the
     untrusted name ``"<dynamic global>"``. A ``BUILD`` whose target is an
     imported global itself (setting attributes on a class or function) makes that
-    global untrusted. Work and memory are linear in ``len(data)``.
+    global untrusted. Work and memory are linear in ``len(data)``, and so is what
+    the unpickler may allocate afterwards: a memo index larger than the stream
+    (which makes pickle allocate a memo table that size) is refused as corrupt.
 
     Raises
     ------
@@ -176,7 +178,7 @@ def audit_pickle(
         return _Global(dotted)
 
     try:
-        for opcode, arg, _pos in pickletools.genops(data):
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             op = opcode.name
             before = opcode.stack_before
             if pickletools.markobject in before:
@@ -195,9 +197,12 @@ def audit_pickle(
                     raise ValueError(f"{op} of missing memo key {arg}")
                 stack.append(memo[arg])
             elif op in _PUT_OPS or op == "MEMOIZE":
+                key = len(memo) if op == "MEMOIZE" else arg
+                if key > len(data):
+                    raise ValueError(f"{op} index {key} beyond the size of the stream")
                 value = args[0] if args else pop(1, op)[0]
                 stack.append(value)
-                memo[len(memo) if op == "MEMOIZE" else arg] = value
+                memo[key] = value
             elif op == "DUP":
                 stack.extend(args * 2)
             elif op in ("GLOBAL", "INST"):

@@ -323,8 +323,8 @@ def _handwritten(marker: Path) -> dict[str, bytes]:
         "memoized STACK_GLOBAL": b"\x80\x04" + _short_str("os") + b"\x94" + _short_str("system")
         + b"\x940" + b"0h\x00h\x01\x93" + args,
         "text memo GET": b"\x80\x04Vos\np7\n0Vsystem\np8\n0g7\ng8\n\x93" + args,
-        "LONG_BINGET": b"\x80\x04" + _short_str("posix") + b"r\x00\x01\x00\x000"
-        + _short_str("system") + b"r\x01\x01\x00\x000j\x00\x01\x00\x00j\x01\x01\x00\x00\x93"
+        "LONG_BINGET": b"\x80\x04" + _short_str("posix") + b"r\x03\x00\x00\x000"
+        + _short_str("system") + b"r\x04\x00\x00\x000j\x03\x00\x00\x00j\x04\x00\x00\x00\x93"
         + args,
         "decoy strings": b"\x80\x04" + _short_str("os") + _short_str("system") + b"("
         + _short_str("builtins") + _short_str("dict") + b"1\x93" + args,
@@ -478,6 +478,15 @@ def test_every_truncation_is_a_corrupt_pickle() -> None:
 def test_malformed_stream_is_a_corrupt_pickle_naming_the_source(data: bytes) -> None:
     with pytest.raises(CorruptPickleError, match="bad.pkl"):
         load_pickle(data, source="bad.pkl")
+
+
+@pytest.mark.parametrize("put", [b"q\xff", b"r\x00\x00\x00\x40", b"p1073741824\n"])
+def test_memo_index_beyond_the_stream_is_refused_before_allocating(put: bytes) -> None:
+    data = b"\x80\x04N" + put + b"."
+    with pytest.raises(CorruptPickleError, match="bomb.pkl.*beyond the size"):
+        audit_pickle(data, source="bomb.pkl")
+    with pytest.raises(CorruptPickleError, match="bomb.pkl"):
+        load_pickle(data, source="bomb.pkl")
 
 
 def test_deeply_nested_pickle_loads() -> None:
