@@ -46,11 +46,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--s3-archives", type=int, help="archives for latest_step() (default 10000)")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"subset of {','.join(GROUPS)}")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument(
+        "--without", default="", help="peers to leave out as if not installed, e.g. torch,safetensors"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.without = tuple(m for m in args.without.split(",") if m)
     args.groups = tuple(g for g in args.groups.split(",") if g)
     unknown = set(args.groups) - set(GROUPS)
     if unknown:
@@ -103,7 +107,7 @@ def local_rows(args: argparse.Namespace, folder: str, layout: Layout) -> list[Ro
     for case in CASES:
         if case.group not in args.groups:
             continue
-        missing = case.missing()
+        missing = case.missing(args.without)
         if missing:
             rows.append(Row(case.group, case.name, skipped=f"n/a ({missing})"))
             continue

@@ -9,7 +9,7 @@ and shown as ``n/a``.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import pickle
 from collections.abc import Callable
@@ -35,18 +35,18 @@ class Case:
     baseline: bool = False
     fsync: bool = False
 
-    def missing(self) -> str | None:
-        """Why a required module cannot be imported, if one cannot."""
-        return unavailable(self.requires)
+    def missing(self, without: tuple[str, ...] = ()) -> str | None:
+        """Why a required module is missing, if one is."""
+        return unavailable(self.requires, without)
 
 
-def unavailable(modules: tuple[str, ...]) -> str | None:
-    """``"<module> not importable"`` for the first of ``modules`` that fails to import."""
+def unavailable(modules: tuple[str, ...], without: tuple[str, ...] = ()) -> str | None:
+    """Why the first missing one of ``modules`` is missing (``without``: treated as missing)."""
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception:  # a half-written module fails with anything
-            return f"{module} not importable"
+        if module.split(".")[0] in without:
+            return f"{module} left out"
+        if importlib.util.find_spec(module) is None:
+            return f"{module} not installed"
     return None
 
 

@@ -33,8 +33,8 @@ def runner(name: str, state: dict[str, np.ndarray], folder: str) -> tuple[Step, 
 
     from storage.checkpoints import CheckpointStore
 
-    store = CheckpointStore(os.path.join(folder, "async-run"), keep_last=1)
     block = name == NAMES[2]
+    store = CheckpointStore(os.path.join(folder, f"run-block-{block}"), keep_last=1)
 
     def save(step: int) -> None:
         store.save(step, state, block=block)
