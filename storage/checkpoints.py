@@ -1,0 +1,454 @@
+"""Checkpoint store: one run's folder of ``step-<12 digits>.zip`` archives.
+
+Layout and discovery
+    Each checkpoint is one archive named ``step-000000001234.zip``. The step is
+    zero-padded to 12 digits so that string order is step order for every step
+    from 0 to ``MAX_STEP`` (10**12 - 1, about 31 years at 1000 steps a second);
+    larger or negative steps are refused rather than named out of order. One
+    listing of the folder, bypassing fsspec's listing cache, finds every step;
+    there is no pointer file to keep consistent. Names that do not match the
+    pattern exactly (other files, folders, temp files) are ignored.
+
+The newest good checkpoint
+    A checkpoint counts only if its archive passes the cheap check of
+    :func:`storage.archive.read_manifest` (end of central directory and
+    manifest, read with range requests). A damaged archive is logged with its
+    URL and skipped; :meth:`CheckpointStore.restore` also falls back when the
+    full load of the newest archive fails with an :class:`ArchiveError`.
+    A file that vanishes while it is being read (another process pruned it)
+    makes the store list again: newer checkpoints exist by then.
+
+Retention
+    After each committed save, and on :meth:`CheckpointStore.prune`: keep the
+    newest ``keep_last`` archives by step (damaged or not) and every step that
+    is a multiple of ``keep_every``, and never delete the newest good archive.
+    Files already deleted by a concurrent prune are not an error. Temp files
+    of interrupted local writes (``.step-<12 digits>.zip.<hex>.partial``) are
+    deleted once they have not been modified for ``TEMP_MAX_AGE`` seconds, so a
+    write in progress in another process is never touched. On object stores an
+    interrupted upload leaves no visible object (abort incomplete multipart
+    uploads with a bucket lifecycle rule).
+
+Asynchronous saves
+    ``save(..., block=False)`` pickles the state and copies its arrays in the
+    caller's thread (the only stall), then writes in a background thread. One
+    save is in flight at a time; every later call of the store first waits for
+    it, and raises its failure (once) instead of doing its own work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import operator
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from . import archive
+from .errors import ArchiveError, CheckpointNotFoundError
+from .fs import atomic_write, fresh_listing, is_temp_name, resolve, url_of
+
+__all__ = [
+    "MAX_STEP",
+    "TEMP_MAX_AGE",
+    "ArrayInfo",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "VerifyReport",
+    "archive_name",
+    "step_of",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_STEP = 10**12 - 1
+TEMP_MAX_AGE = 3600.0
+_STEP_DIGITS = 12
+_ARCHIVE_NAME = re.compile(r"step-(\d{12})\.zip")
+_RELISTS = 5
+
+T = TypeVar("T")
+
+
+def archive_name(step: int) -> str:
+    """The archive name of ``step``: ``step-<12-digit step>.zip``."""
+    step = operator.index(step)
+    if not 0 <= step <= MAX_STEP:
+        raise ValueError(f"checkpoint step must be in 0..{MAX_STEP}, got {step}")
+    return f"step-{step:0{_STEP_DIGITS}d}.zip"
+
+
+def step_of(name: str) -> int | None:
+    """The step of an archive base name, or None if it is not a checkpoint archive."""
+    match = _ARCHIVE_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One array of a checkpoint, as listed in its manifest."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the manifest of one checkpoint says, without loading it."""
+
+    step: int
+    url: str
+    size: int
+    created: datetime
+    metadata: Mapping[str, Any]
+    arrays: tuple[ArrayInfo, ...]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of a full check (every CRC and NPY header) of one checkpoint."""
+
+    step: int
+    url: str
+    ok: bool
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Listing:
+    steps: list[int]
+    stale_temps: list[str]
+
+
+class CheckpointStore:
+    """The checkpoints of one run, in the folder ``root`` (a path or URL).
+
+    Parameters
+    ----------
+    root
+        Folder of the run: a local path or an fsspec URL (``s3://bucket/run``).
+    keep_last
+        Number of newest checkpoints kept by pruning; None keeps everything.
+    keep_every
+        Also keep every step that is a multiple of this number.
+    storage_options
+        fsspec options of the storage (S3 endpoint, credentials...).
+
+    A store object is meant for one thread; several stores (in several
+    processes) may share one folder.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        keep_last: int | None = 3,
+        keep_every: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        for option, value in (("keep_last", keep_last), ("keep_every", keep_every)):
+            if value is not None and operator.index(value) < 1:
+                raise ValueError(f"{option} must be a positive integer or None, got {value}")
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+        self._storage_options = dict(storage_options or {})
+        self._fs, path = resolve(root, self._storage_options)
+        self._root = path.rstrip("/") or path
+        self._pending: threading.Thread | None = None
+        self._result: CheckpointInfo | None = None
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointStore({self.root_url!r}, keep_last={self.keep_last}, "
+            f"keep_every={self.keep_every})"
+        )
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._pending is not None:
+            self._pending.join()
+
+    @property
+    def root_url(self) -> str:
+        """URL of the run's folder (plain path on local disk)."""
+        return url_of(self._fs, self._root)
+
+    def url_of(self, step: int) -> str:
+        """URL of the archive of ``step`` (whether or not it exists)."""
+        return url_of(self._fs, self._path(step))
+
+    def _path(self, step: int) -> str:
+        return f"{self._root}/{archive_name(step)}"
+
+    # -- writing -----------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        block: bool = True,
+    ) -> CheckpointInfo | None:
+        """Write the checkpoint of ``step``, then prune.
+
+        ``metadata`` (JSON-able: metrics, wall time, host...) goes into the
+        manifest, with ``"step"`` set to ``step``. Raises
+        :class:`StepExistsError` if the step exists (the archive stays as it
+        was). With ``block=False`` the arrays are copied now, the archive is
+        written in a background thread and None is returned; :meth:`wait`
+        gives the result.
+        """
+        self._settle()
+        step = operator.index(step)
+        path = self._path(step)
+        meta = _json_copy({**(metadata or {}), "step": step}, self.url_of(step))
+        frozen = archive.freeze(state, copy=not block)
+        if block:
+            return self._write(step, path, frozen, meta)
+        self._pending = threading.Thread(
+            target=self._write_in_background,
+            args=(step, path, frozen, meta),
+            name=f"checkpoint-save-{step}",
+        )
+        self._pending.start()
+        return None
+
+    def wait(self) -> CheckpointInfo | None:
+        """Wait for the background save; its info, or None if there was none.
+
+        Raises the failure of the background save.
+        """
+        return self._settle()
+
+    def close(self) -> None:
+        """Wait for the background save and raise its failure, if any."""
+        self._settle()
+
+    def _write(self, step: int, path: str, frozen: Any, meta: dict[str, Any]) -> CheckpointInfo:
+        with atomic_write(self._fs, path, exclusive=True) as f:
+            manifest = archive.write_frozen(frozen, f, metadata=meta)
+            size = f.tell()
+        info = self._info_from(step, size, manifest)
+        try:
+            self._prune(known_good=step)
+        except OSError as exc:
+            logger.warning("checkpoint %s saved, but pruning %s failed: %s", info.url, self.root_url, exc)
+        return info
+
+    def _write_in_background(
+        self, step: int, path: str, frozen: Any, meta: dict[str, Any]
+    ) -> None:
+        try:
+            self._result = self._write(step, path, frozen, meta)
+        except BaseException as exc:  # handed to the caller by _settle()
+            logger.warning("background save of %s failed: %s", self.url_of(step), exc)
+            self._failure = exc
+
+    def _settle(self) -> CheckpointInfo | None:
+        thread, self._pending = self._pending, None
+        if thread is not None:
+            thread.join()
+        failure, self._failure = self._failure, None
+        result, self._result = self._result, None
+        if failure is not None:
+            raise failure
+        return result
+
+    # -- reading -----------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        """Every step in the folder, ascending (damaged archives included)."""
+        self._settle()
+        return self._scan().steps
+
+    def latest_step(self) -> int | None:
+        """The newest step whose archive passes the cheap check; None if none."""
+        self._settle()
+        found = self._newest(self._check)
+        return None if found is None else found[0]
+
+    def info(self, step: int) -> CheckpointInfo:
+        """Manifest facts of ``step`` (size, created, metadata, arrays)."""
+        self._settle()
+        path = self._path(step)
+        try:
+            manifest = self._check(step)
+            self._fs.invalidate_cache(path)
+            size = self._fs.size(path)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{self.url_of(step)}: no checkpoint of step {step}") from None
+        return self._info_from(step, size, manifest)
+
+    def restore(self, step: int | None = None, **load_kwargs: Any) -> tuple[int, Any]:
+        """Load a checkpoint: ``(step, state)``.
+
+        ``step=None`` takes the newest good checkpoint, falling back to older
+        ones when loading fails with an :class:`ArchiveError`. ``load_kwargs``
+        go to :func:`storage.archive.load` (``trusted``, ``renames``, ``mmap``...).
+        Raises :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
+        """
+        self._settle()
+
+        def load(at: int) -> Any:
+            try:
+                return archive.load(self.url_of(at), storage_options=self._storage_options, **load_kwargs)
+            except FileNotFoundError:
+                raise CheckpointNotFoundError(f"{self.url_of(at)}: no checkpoint of step {at}") from None
+
+        if step is not None:
+            return step, load(step)
+        found = self._newest(load)
+        if found is None:
+            raise CheckpointNotFoundError(f"{self.root_url}: no good checkpoint to restore")
+        return found
+
+    def verify(self, step: int) -> VerifyReport:
+        """Check every CRC and NPY header of the archive of ``step``."""
+        self._settle()
+        path, url = self._path(step), self.url_of(step)
+        self._fs.invalidate_cache(path)
+        if not self._fs.exists(path):
+            raise CheckpointNotFoundError(f"{url}: no checkpoint of step {step}")
+        problems = tuple(archive.verify(url, storage_options=self._storage_options))
+        return VerifyReport(step=step, url=url, ok=not problems, problems=problems)
+
+    def _check(self, step: int) -> dict[str, Any]:
+        return archive.read_manifest(self.url_of(step), storage_options=self._storage_options)
+
+    def _scan(self) -> _Listing:
+        steps: list[int] = []
+        stale: list[str] = []
+        now = time.time()
+        for entry in fresh_listing(self._fs, self._root):
+            if entry.get("type") != "file":
+                continue
+            name = entry["name"].rstrip("/").rpartition("/")[2]
+            step = step_of(name)
+            if step is not None:
+                steps.append(step)
+            elif _is_own_temp(name) and now - _modified(entry, now) > TEMP_MAX_AGE:
+                stale.append(entry["name"])
+        return _Listing(sorted(steps), stale)
+
+    def _first_passing(self, steps: list[int], check: Callable[[int], T]) -> tuple[int, T] | None:
+        """Newest ``(step, check(step))`` that passes; damaged ones are logged.
+
+        A FileNotFoundError (the archive vanished) propagates.
+        """
+        for step in reversed(steps):
+            try:
+                return step, check(step)
+            except ArchiveError as exc:
+                logger.warning("skipping damaged checkpoint %s: %s", self.url_of(step), exc)
+        return None
+
+    def _newest(self, check: Callable[[int], T]) -> tuple[int, T] | None:
+        for _ in range(_RELISTS):
+            try:
+                return self._first_passing(self._scan().steps, check)
+            except FileNotFoundError:
+                continue  # pruned under us: newer checkpoints exist now
+        raise CheckpointNotFoundError(
+            f"{self.root_url}: checkpoints kept vanishing under concurrent pruning"
+        )
+
+    def _info_from(self, step: int, size: int, manifest: dict[str, Any]) -> CheckpointInfo:
+        return CheckpointInfo(
+            step=step,
+            url=self.url_of(step),
+            size=size,
+            created=_utc(manifest["created"]),
+            metadata=manifest.get("metadata") or {},
+            arrays=tuple(
+                ArrayInfo(a["name"], a["dtype"], tuple(a["shape"]), a["nbytes"])
+                for a in manifest.get("arrays", ())
+            ),
+        )
+
+    # -- retention ---------------------------------------------------------
+
+    def prune(self) -> list[int]:
+        """Apply the retention policy now; the deleted steps, ascending."""
+        self._settle()
+        return self._prune(known_good=None)
+
+    def _prune(self, known_good: int | None) -> list[int]:
+        listing = self._scan()
+        for temp in listing.stale_temps:
+            self._remove(temp)
+        steps = listing.steps
+        if self.keep_last is None:
+            return []
+        newest = steps[-self.keep_last :]
+        keep = set(newest)
+        if self.keep_every is not None:
+            keep.update(s for s in steps if s % self.keep_every == 0)
+        doomed = [s for s in steps if s not in keep]
+        if not doomed:
+            return []
+        if known_good in newest:
+            protected = known_good  # so is every newer step: nothing to look up
+        else:
+            try:
+                protected = self._newest_good(steps, known_good)
+            except FileNotFoundError:
+                return []  # a concurrent prune is at work; leave it to that one
+        return [s for s in doomed if s != protected and self._remove(self._path(s))]
+
+    def _newest_good(self, steps: list[int], known_good: int | None) -> int | None:
+        def check(step: int) -> None:
+            if step != known_good:
+                self._check(step)
+
+        found = self._first_passing(steps, check)
+        return None if found is None else found[0]
+
+    def _remove(self, path: str) -> bool:
+        """Delete ``path``; False if it was already gone."""
+        try:
+            self._fs.rm_file(path)
+        except FileNotFoundError:
+            return False
+        finally:
+            self._fs.invalidate_cache(path)
+        return True
+
+
+def _is_own_temp(name: str) -> bool:
+    """Whether ``name`` is an atomic-write temp of a checkpoint archive."""
+    return is_temp_name(name) and step_of(name[1:].rsplit(".", 2)[0]) is not None
+
+
+def _modified(entry: dict[str, Any], default: float) -> float:
+    stamp = entry.get("mtime", entry.get("created", entry.get("LastModified")))
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    return float(stamp) if stamp is not None else default
+
+
+def _utc(stamp: str) -> datetime:
+    created = datetime.fromisoformat(stamp)
+    if created.tzinfo is None:
+        return created.replace(tzinfo=timezone.utc)
+    return created.astimezone(timezone.utc)
+
+
+def _json_copy(metadata: dict[str, Any], url: str) -> dict[str, Any]:
+    """A deep copy of JSON-able metadata, taken now (the caller may mutate theirs)."""
+    try:
+        return json.loads(json.dumps(metadata, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{url}: checkpoint metadata is not JSON-serializable: {exc}") from None

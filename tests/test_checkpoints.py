@@ -1,0 +1,430 @@
+"""The checkpoint store on local disk, file://, memory:// and S3 (moto server)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage import archive
+from storage.checkpoints import (
+    MAX_STEP,
+    TEMP_MAX_AGE,
+    ArrayInfo,
+    CheckpointStore,
+    archive_name,
+    step_of,
+)
+from storage.errors import (
+    ArchiveError,
+    CheckpointNotFoundError,
+    StepExistsError,
+    UntrustedTypeError,
+)
+
+from .conftest import Root
+from .helpers_store import assert_same, make_state
+
+HELPER = Path(__file__).with_name("helpers_store.py")
+PROCESS_KINDS = pytest.mark.parametrize("root", ["local", "s3"], indirect=True)
+
+
+def open_store(root: Root, **options: Any) -> CheckpointStore:
+    return CheckpointStore(root.url, storage_options=root.storage_options, **options)
+
+
+def put(root: Root, name: str, data: bytes) -> None:
+    fs = root.fs()
+    path = f"{fs._strip_protocol(root.url)}/{name}"
+    fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+    fs.pipe_file(path, data)
+    fs.invalidate_cache()
+
+
+def read(root: Root, step: int) -> bytes:
+    fs = root.fs()
+    fs.invalidate_cache()
+    return fs.cat_file(f"{fs._strip_protocol(root.url)}/{archive_name(step)}")
+
+
+# -- naming --------------------------------------------------------------
+
+
+def test_archive_names_sort_like_steps_past_1e9() -> None:
+    steps = [0, 7, 999_999_999, 1_000_000_000, 10**11, MAX_STEP]
+    names = [archive_name(s) for s in steps]
+    assert names == sorted(names)
+    assert names[2:4] == ["step-000999999999.zip", "step-001000000000.zip"]
+    assert [step_of(n) for n in names] == steps
+
+
+@pytest.mark.parametrize("step", [-1, MAX_STEP + 1, 10**15])
+def test_steps_outside_twelve_digits_are_refused(step: int) -> None:
+    with pytest.raises(ValueError, match=str(step)):
+        archive_name(step)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["step-12.zip", "step-0000000000031.zip", "step-000000000003.zip.bak",
+     "step-00000000000a.zip", ".step-000000000004.zip.0a1b.partial", "notes.txt"],
+)
+def test_other_names_are_not_archives(name: str) -> None:
+    assert step_of(name) is None
+
+
+# -- save and restore ----------------------------------------------------
+
+
+def test_save_and_restore_round_trip(root: Root) -> None:
+    store = open_store(root)
+    states = {step: make_state(step) for step in (10, 20, 30)}
+    for step, state in states.items():
+        info = store.save(step, state)
+        assert info is not None and info.step == step and info.url == store.url_of(step)
+    for step, state in states.items():
+        got_step, got = store.restore(step)
+        assert got_step == step
+        assert_same(got, state)
+    got_step, got = store.restore()
+    assert got_step == 30
+    assert_same(got, states[30])
+
+
+def test_info_reports_the_manifest(root: Root) -> None:
+    store = open_store(root)
+    before = datetime.now(timezone.utc)
+    saved = store.save(5, make_state(5), {"metrics": {"loss": 0.25}, "host": "worker-1"})
+    info = store.info(5)
+    assert info == saved
+    assert info.metadata == {"metrics": {"loss": 0.25}, "host": "worker-1", "step": 5}
+    assert info.size == root.fs().size(root.fs()._strip_protocol(info.url))
+    assert info.created.tzinfo is not None
+    assert before - timedelta(seconds=1) <= info.created <= datetime.now(timezone.utc)
+    arrays = {a.name: a for a in info.arrays}
+    assert arrays["model/W"] == ArrayInfo("model/W", np.dtype(np.float64).str, (8, 4), 256)
+    assert arrays["model/b"] == ArrayInfo("model/b", np.dtype(np.float32).str, (4,), 16)
+    assert len(arrays) == 5
+
+
+def test_metadata_must_be_json(root: Root) -> None:
+    store = open_store(root)
+    with pytest.raises(TypeError, match="JSON"):
+        store.save(1, make_state(1), {"when": datetime.now()})
+    assert store.steps() == []
+
+
+def test_latest_step_after_saves_out_of_order(root: Root) -> None:
+    store = open_store(root, keep_last=None)
+    for step in (5, 2, 9, 7):
+        store.save(step, make_state(step))
+    assert store.steps() == [2, 5, 7, 9]
+    assert store.latest_step() == 9
+    step, state = store.restore()
+    assert step == 9
+    assert_same(state, make_state(9))
+
+
+def test_steps_past_1e9_are_found_in_order(root: Root) -> None:
+    store = open_store(root, keep_last=None)
+    steps = [10**11, 7, 1_000_000_000, 999_999_999]
+    for step in steps:
+        store.save(step, make_state(step % 1000))
+    assert store.steps() == sorted(steps)
+    assert store.latest_step() == 10**11
+    assert store.restore()[0] == 10**11
+    fs = root.fs()
+    fs.invalidate_cache()
+    listed = sorted(p.rpartition("/")[2] for p in fs.ls(fs._strip_protocol(root.url), detail=False))
+    assert [step_of(n) for n in listed] == sorted(steps)
+
+
+def test_foreign_and_temp_files_are_ignored_and_kept(root: Root) -> None:
+    foreign = ["notes.txt", "step-12.zip", "step-0000000000031.zip",
+               "step-000000000003.zip.bak", ".step-000000000004.zip.0a1b.partial",
+               "step-000000000009.zip/inner"]
+    for name in foreign:
+        put(root, name, b"not a checkpoint")
+    store = open_store(root, keep_last=1)
+    store.save(1, make_state(1))
+    store.save(2, make_state(2))
+    assert store.steps() == [2]
+    assert store.latest_step() == 2
+    fs = root.fs()
+    base = fs._strip_protocol(root.url)
+    for name in foreign:
+        assert fs.cat_file(f"{base}/{name}") == b"not a checkpoint"
+
+
+def test_second_save_of_a_step_fails_and_keeps_the_first(root: Root) -> None:
+    store = open_store(root)
+    store.save(3, make_state(3))
+    first = read(root, 3)
+    with pytest.raises(StepExistsError, match=archive_name(3)):
+        open_store(root).save(3, make_state(4))
+    assert read(root, 3) == first
+    assert_same(store.restore(3)[1], make_state(3))
+
+
+def test_empty_store(root: Root) -> None:
+    store = open_store(root)
+    assert store.steps() == []
+    assert store.latest_step() is None
+    assert store.prune() == []
+    with pytest.raises(CheckpointNotFoundError, match="no good checkpoint"):
+        store.restore()
+    for call in (store.restore, store.info, store.verify):
+        with pytest.raises(CheckpointNotFoundError, match=archive_name(3)):
+            call(3)
+
+
+def test_load_options_are_passed_on_and_untrusted_types_are_not_skipped(root: Root) -> None:
+    store = open_store(root)
+    store.save(1, make_state(1))
+    store.save(2, {"model": Model(np.arange(3.0))})
+    with pytest.raises(UntrustedTypeError, match="Model"):
+        store.restore()
+    step, state = store.restore(trusted=[Model])
+    assert step == 2
+    np.testing.assert_array_equal(state["model"].weights, np.arange(3.0))
+
+
+class Model:
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = weights
+
+
+# -- damaged archives ----------------------------------------------------
+
+
+def _flip_in_manifest(data: bytes) -> bytes:
+    at = data.rindex(b'"format"') + 3
+    return data[:at] + bytes([data[at] ^ 0x04]) + data[at + 1 :]
+
+
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) * 2 // 3],
+    "zero-bytes": lambda data: b"",
+    "flipped-manifest": _flip_in_manifest,
+    "flipped-end-record": lambda data: data[:-6] + bytes([data[-6] ^ 0x10]) + data[-5:],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_archive_is_skipped(
+    root: Root, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(root)
+    for step in (1, 2, 3):
+        store.save(step, make_state(step))
+    put(root, archive_name(3), DAMAGE[damage](read(root, 3)))
+    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+        assert store.latest_step() == 2
+        step, state = store.restore()
+    assert step == 2
+    assert_same(state, make_state(2))
+    assert store.url_of(3) in caplog.text
+    report = store.verify(3)
+    assert not report.ok and report.problems and report.url == store.url_of(3)
+    assert store.verify(2).ok and store.verify(2).problems == ()
+
+
+def test_restore_falls_back_when_array_data_is_damaged(
+    root: Root, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(root)
+    store.save(1, make_state(1))
+    store.save(2, make_state(2))
+    data = read(root, 2)
+    offset = next(a["offset"] for a in archive.read_manifest(store.url_of(2), storage_options=root.storage_options)["arrays"] if a["name"] == "model/W")
+    put(root, archive_name(2), data[:offset + 5] + bytes([data[offset + 5] ^ 1]) + data[offset + 6 :])
+    assert store.latest_step() == 2
+    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+        step, state = store.restore()
+    assert step == 1
+    assert_same(state, make_state(1))
+    assert store.url_of(2) in caplog.text
+    with pytest.raises(ArchiveError, match=archive_name(2)):
+        store.restore(2)
+    assert not store.verify(2).ok
+
+
+# -- retention -----------------------------------------------------------
+
+
+def test_saves_prune_to_keep_last_and_keep_every(root: Root) -> None:
+    store = open_store(root, keep_last=2, keep_every=5)
+    for step in range(13):
+        store.save(step, make_state(step))
+        assert store.steps()[-2:] == ([step - 1, step] if step else [0])
+    assert store.steps() == [0, 5, 10, 11, 12]
+
+
+def test_prune_returns_the_deleted_steps(root: Root) -> None:
+    writer = open_store(root, keep_last=None)
+    for step in range(1, 7):
+        writer.save(step, make_state(step))
+    assert writer.prune() == []
+    pruner = open_store(root, keep_last=2, keep_every=3)
+    assert pruner.prune() == [1, 2, 4]
+    assert pruner.steps() == [3, 5, 6]
+    assert pruner.prune() == []
+
+
+def test_prune_never_deletes_the_newest_good_archive(root: Root) -> None:
+    writer = open_store(root, keep_last=None)
+    for step in range(1, 5):
+        writer.save(step, make_state(step))
+    put(root, archive_name(5), read(root, 4)[:100])
+    put(root, archive_name(6), b"")
+    pruner = open_store(root, keep_last=2)
+    assert pruner.prune() == [1, 2, 3]
+    assert pruner.steps() == [4, 5, 6]
+    step, state = pruner.restore()
+    assert step == 4
+    assert_same(state, make_state(4))
+
+
+def test_prune_deletes_only_stale_temp_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / ".step-000000000001.zip.1f2e3d.partial"
+    fresh = run / ".step-000000000002.zip.4c5b6a.partial"
+    foreign = run / ".notes.txt.1f2e3d.partial"
+    old = time.time() - TEMP_MAX_AGE - 60
+    for path in (stale, fresh, foreign):
+        path.write_bytes(b"half a checkpoint")
+    for path in (stale, foreign):
+        os.utime(path, (old, old))
+    CheckpointStore(os.fspath(run)).save(3, make_state(3))
+    assert not stale.exists()
+    assert fresh.exists() and foreign.exists()
+
+
+# -- asynchronous saves --------------------------------------------------
+
+
+def test_async_save_is_not_affected_by_later_mutation(root: Root) -> None:
+    store = open_store(root)
+    state = make_state(1, size=200_000)
+    expected = copy.deepcopy(state)
+    assert store.save(1, state, {"loss": 1.5}, block=False) is None
+    state["model"]["W"][:] = -1.0
+    state["optimizer"]["velocity"][1] += 1
+    state["counters"]["step"] = 99
+    state["extra"] = np.zeros(3)
+    info = store.wait()
+    assert info is not None and info.step == 1 and info.metadata["loss"] == 1.5
+    assert store.wait() is None
+    step, restored = store.restore()
+    assert step == 1
+    assert_same(restored, expected)
+
+
+def test_async_failure_is_raised_by_wait_once(root: Root) -> None:
+    store = open_store(root)
+    store.save(1, make_state(1))
+    first = read(root, 1)
+    assert store.save(1, make_state(2), block=False) is None
+    with pytest.raises(StepExistsError, match=archive_name(1)):
+        store.wait()
+    assert store.wait() is None
+    assert read(root, 1) == first
+
+
+def test_async_failure_is_raised_by_the_next_call(root: Root) -> None:
+    store = open_store(root)
+    store.save(1, make_state(1))
+    store.save(1, make_state(2), block=False)
+    with pytest.raises(StepExistsError, match=archive_name(1)):
+        store.save(2, make_state(2))
+    assert store.steps() == [1]
+    store.save(2, make_state(2))
+    assert store.steps() == [1, 2]
+
+
+def test_async_saves_run_one_at_a_time_and_are_seen_by_reads(root: Root) -> None:
+    store = open_store(root)
+    store.save(1, make_state(1, size=50_000), block=False)
+    store.save(2, make_state(2, size=50_000), block=False)
+    step, state = store.restore()
+    assert step == 2
+    assert_same(state, make_state(2, size=50_000))
+    assert store.steps() == [1, 2]
+
+
+# -- several processes ---------------------------------------------------
+
+
+def start_writers(root: Root, jobs: list[dict[str, Any]]) -> list[subprocess.Popen[str]]:
+    procs = []
+    for job in jobs:
+        job = {"root": root.url, "storage_options": root.storage_options, **job}
+        proc = subprocess.Popen(
+            [sys.executable, os.fspath(HELPER), json.dumps(job)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
+
+
+def finish(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    outcomes = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        outcomes.append(json.loads(out))
+    return outcomes
+
+
+@PROCESS_KINDS
+def test_two_processes_saving_the_same_step_one_wins(root: Root) -> None:
+    jobs = [{"job": "race", "step": 7, "seed": seed, "size": 100_000} for seed in (1, 2)]
+    outcomes = finish(start_writers(root, jobs))
+    results = [o["result"] for o in outcomes]
+    assert sorted(results) == ["exists", "won"]
+    winner = jobs[results.index("won")]["seed"]
+    store = open_store(root)
+    assert store.steps() == [7]
+    assert store.verify(7).ok
+    assert_same(store.restore(7)[1], make_state(winner, size=100_000))
+
+
+@PROCESS_KINDS
+def test_two_processes_save_and_prune_concurrently(root: Root) -> None:
+    jobs = [{"job": "run", "start": start, "stop": 200, "stride": 2,
+             "keep_last": 3, "keep_every": 50} for start in (0, 1)]
+    reader = open_store(root, keep_last=3, keep_every=50)
+    procs = start_writers(root, jobs)
+    seen: list[int] = []
+    while any(proc.poll() is None for proc in procs):
+        try:
+            step, state = reader.restore()
+        except CheckpointNotFoundError:
+            assert not seen, "a checkpoint was found before, the newest must stay restorable"
+        else:
+            assert_same(state, make_state(step))
+            seen.append(step)
+        time.sleep(0.02)
+    outcomes = finish(procs)
+    assert [o["saved"] for o in outcomes] == [list(range(0, 200, 2)), list(range(1, 200, 2))]
+    assert seen == sorted(seen) and len(seen) > 1
+    assert reader.steps() == [0, 50, 100, 150, 197, 198, 199]
+    assert all(reader.verify(step).ok for step in reader.steps())
+    assert reader.restore()[0] == 199
