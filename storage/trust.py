@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
-import numpy.dtypes
 
 from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
 
@@ -41,7 +40,8 @@ __all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restrict
 
 TrustedSpec = Iterable["type | Callable[..., Any] | str"]
 
-_NUMPY_CORE_HELPERS = ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")
+_NUMPY_CORE_HELPERS = ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer",
+                       "_internal._convert_to_stringdtype_kwargs")
 _NUMPY_RANDOM = (
     "_generator.Generator", "mtrand.RandomState", "_mt19937.MT19937", "_pcg64.PCG64",
     "_pcg64.PCG64DXSM", "_philox.Philox", "_sfc64.SFC64", "bit_generator.SeedSequence",
@@ -53,6 +53,8 @@ _BUILTINS = (
     "dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float",
     "complex", "bool", "slice", "range", "object", "Ellipsis", "NotImplemented",
 )
+# numpy scalar types (numpy.float64) and dtype classes (numpy.dtypes.Float64DType)
+_NUMPY_TYPES = {*np.sctypeDict.values(), *(type(np.dtype(c)) for c in np.typecodes["All"])}
 DEFAULT_TRUSTED: frozenset[str] = frozenset(
     [f"builtins.{name}" for name in _BUILTINS]
     + ["_codecs.encode", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"]
@@ -62,21 +64,17 @@ DEFAULT_TRUSTED: frozenset[str] = frozenset(
     + ["numpy.ndarray", "numpy.dtype"]
     + [f"{core}.{helper}" for core in ("numpy.core", "numpy._core")
        for helper in _NUMPY_CORE_HELPERS]
-    + [f"numpy.dtypes.{name}" for name in numpy.dtypes.__all__]
-    + [f"{t.__module__}.{t.__qualname__}" for t in set(np.sctypeDict.values())]
+    + [f"{t.__module__}.{t.__qualname__}" for t in _NUMPY_TYPES]
     + [f"numpy.random.{name}" for name in _NUMPY_RANDOM]
 )
 """Dotted names every load trusts (exact names, never whole modules)."""
 
 _registered: set[str] = set()
 _NUMPY2 = int(np.__version__.split(".")[0]) >= 2
-_STRING_OPS = frozenset(
-    ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-     "BINUNICODE8"]
-)
-_GET_OPS = frozenset(["GET", "BINGET", "LONG_BINGET"])
-_PUT_OPS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
-_EXT_OPS = frozenset(["EXT1", "EXT2", "EXT4"])
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
+               "SHORT_BINUNICODE", "BINUNICODE8"}
+_GET_OPS, _PUT_OPS = {"GET", "BINGET", "LONG_BINGET"}, {"PUT", "BINPUT", "LONG_BINPUT"}
+_EXT_OPS = {"EXT1", "EXT2", "EXT4"}
 
 
 @dataclass(frozen=True)
@@ -177,6 +175,11 @@ def audit_pickle(
             refused.add(dotted)
         return _Global(dotted)
 
+    def unknown(description: str) -> None:
+        found.add(description)
+        refused.add(description)
+        stack.append(None)
+
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             op = opcode.name
@@ -213,14 +216,11 @@ def audit_pickle(
                 if all(isinstance(value, str) for value in args):
                     stack.append(imported(*args))
                 else:
-                    found.add("<dynamic global>")
-                    refused.add("<dynamic global>")
-                    stack.append(None)
+                    unknown("<dynamic global>")
             elif op in _EXT_OPS:
                 key = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
                 if key is None:
-                    refused.add(f"<extension code {arg}>")
-                    stack.append(None)
+                    unknown(f"<extension code {arg}>")
                 else:
                     stack.append(imported(*key))
             else:
@@ -233,31 +233,18 @@ def audit_pickle(
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` maps names and imports only trusted ones."""
+    """Unpickler whose ``find_class`` maps names and imports only ``allowed`` ones."""
 
-    def __init__(
-        self,
-        file: IO[bytes],
-        *,
-        source: str,
-        allowed: frozenset[str],
-        renames: Mapping[str, str] | None,
-        unsafe: bool,
-        persistent_load: Callable[[Any], Any] | None,
-    ) -> None:
+    def __init__(self, file: IO[bytes], source: str, allowed: frozenset[str] | None,
+                 renames: Mapping[str, str] | None) -> None:
         super().__init__(file, encoding="latin1")
-        self._source = source
-        self._allowed = allowed
-        self._renames = renames
-        self._unsafe = unsafe
-        if persistent_load is not None:
-            self.persistent_load = persistent_load
+        self._source, self._allowed, self._renames = source, allowed, renames
 
     def find_class(self, module: str, name: str) -> Any:
         # docstring inherited
         module, name = _resolve(module, name, self._renames)
         dotted = f"{module}.{name}"
-        if not self._unsafe and dotted not in self._allowed:
+        if self._allowed is not None and dotted not in self._allowed:
             raise UntrustedTypeError(self._source, [dotted])
         try:
             obj: Any = importlib.import_module(module)
@@ -284,15 +271,15 @@ def restricted_unpickler(
     ``renames`` and the Python 2 / numpy 1 name mappings apply as in
     :func:`audit_pickle`; ``unsafe=True`` imports any name; ``persistent_load``
     resolves persistent ids. Byte strings of Python 2 pickles decode as latin-1.
+    This is the second line of defense: only :func:`load_pickle` also audits
+    (refusing ``BUILD`` on globals and memo-size bombs before anything runs).
     """
-    return _RestrictedUnpickler(
-        file,
-        source=source,
-        allowed=_trusted_set(trusted),
-        renames=renames,
-        unsafe=unsafe,
-        persistent_load=persistent_load,
+    unpickler = _RestrictedUnpickler(
+        file, source, None if unsafe else _trusted_set(trusted), renames
     )
+    if persistent_load is not None:
+        unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    return unpickler
 
 
 def load_pickle(

@@ -89,12 +89,14 @@ def _state() -> dict[str, Any]:
         "arrays": [np.arange(12, dtype="<i4").reshape(3, 4), np.arange(4, dtype="<u2"),
                    np.arange(6.0).reshape(2, 3).copy(order="F")],
         "structured": np.array([(1, 2.5)], dtype=[("a", "<i2"), ("b", ">f4")]),
-        "strings": np.array(["ab", "c"], dtype="U3"),
+        "strings": [np.array(["ab", "c"], dtype="U3"),
+                    np.array(["x", "yz"], dtype=np.dtypes.StringDType())],
         "times": np.array(["2020-01-01", "2021-06-30"], dtype="M8[D]"),
         "objects": np.array([1, "x", None], dtype=object),
         "scalars": (np.float64(1.5), np.int8(-3), np.complex64(1j), np.bool_(True),
                     np.datetime64("2020-01-01T10:00"), np.str_("s"), np.float16(0.5)),
-        "dtypes": [np.dtype("f8"), np.float32, np.dtype([("x", "<u2", (2,))]), type(np.dtype("i4"))],
+        "dtypes": [np.dtype("f8"), np.float32, np.dtype([("x", "<u2", (2,))]),
+                   type(np.dtype("i4"))],
         "rngs": {"generator": rng, "legacy": np.random.RandomState(3),
                  "bitgens": [np.random.MT19937(1), np.random.PCG64DXSM(2), np.random.Philox(3),
                              np.random.SFC64(4)],
@@ -221,7 +223,9 @@ def _old_model_pickle(module: str, qualname: str, step: int, protocol: int,
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_renamed_class_loads_with_exact_rename(protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renamed_class_loads_with_exact_rename(
+    protocol: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _old_model_pickle("old_project.models", "OldModel", 4, protocol, monkeypatch)
     new = f"{Model.__module__}.Model"
     renames = {"old_project.models.OldModel": new}
@@ -232,7 +236,9 @@ def test_renamed_class_loads_with_exact_rename(protocol: int, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_moved_module_loads_with_prefix_rename(protocol: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moved_module_loads_with_prefix_rename(
+    protocol: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _old_model_pickle("old_project.models", "Model", 5, protocol, monkeypatch)
     loaded = load_pickle(
         data, source="old", trusted=[Model], renames={"old_project.models": Model.__module__}
@@ -394,7 +400,8 @@ def test_handwritten_streams_really_execute_with_plain_pickle(name: str, tmp_pat
      "importlib.import_module", "numpy.lib.npyio.load", "numpy.load", "numpy.f2py.compile",
      "numpy.distutils.exec_command.exec_command",
      "numpy.testing._private.extbuild.build_and_import_extension", "numpy.ctypeslib.load_library",
-     "ctypes.CDLL", "shutil.rmtree", "copyreg.add_extension", "numpy.random._pickle.BitGenerators"],
+     "ctypes.CDLL", "shutil.rmtree", "copyreg.add_extension",
+     "numpy.random._pickle.BitGenerators"],
 )
 def test_dangerous_names_are_not_trusted(dotted: str, no_side_effects: Path) -> None:
     module, _, name = dotted.rpartition(".")
@@ -427,8 +434,8 @@ def test_extension_codes_resolve_through_the_copyreg_registry(no_side_effects: P
 
 
 def test_stack_global_with_computed_operands_is_refused(no_side_effects: Path) -> None:
-    computed_os = _short_str("builtins") + _short_str("str") + b"\x93" + _short_str("os") + b"\x85R"
-    data = b"\x80\x04" + computed_os + _short_str("system") + b"\x93" + _short_str("true") + b"\x85R."
+    str_os = _short_str("builtins") + _short_str("str") + b"\x93" + _short_str("os") + b"\x85R"
+    data = b"\x80\x04" + str_os + _short_str("system") + b"\x93" + _short_str("true") + b"\x85R."
     assert _refuse(data) == ["<dynamic global>"]
 
 
@@ -438,7 +445,8 @@ def test_setting_attributes_on_a_trusted_class_is_refused(
 ) -> None:
     counter = b"\x80\x02ccollections\nCounter\n" + (b"q\x000h\x00" if via_memo else b"")
     data = counter + b"N}X\x05\x00\x00\x00pwnedK\x01s\x86b."
-    assert _refuse(data, unpickler_too=False) == ["collections.Counter (BUILD sets its attributes)"]
+    refused = _refuse(data, unpickler_too=False)
+    assert refused == ["collections.Counter (BUILD sets its attributes)"]
     assert not hasattr(collections.Counter, "pwned")
 
 
