@@ -33,7 +33,7 @@ from .state import MiB, Layout, make_layout, make_state, write_raw
 REPO = Path(__file__).resolve().parent.parent
 SCRATCH = REPO / ".bench-tmp"
 GROUPS = ("save", "load", "open", "async", "s3", "latest")
-QUICK = {"size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 4, "s3_archives": 100}
+QUICK = {"size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 2, "s3_archives": 50}
 FULL = {"size_mb": 1024, "arrays": 8, "repeats": 3, "s3_size_mb": 256, "s3_archives": 10_000}
 
 
@@ -49,11 +49,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--without", default="", help="peers to leave out as if not installed, e.g. torch,safetensors"
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke test")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the local cases in this process (faster, peak memory less isolated)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one repeat, in-process: a smoke test"
+    )
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.in_process = args.in_process or args.quick
     args.without = tuple(m for m in args.without.split(",") if m)
     args.groups = tuple(g for g in args.groups.split(",") if g)
     unknown = set(args.groups) - set(GROUPS)
@@ -63,6 +71,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["in_process"]:
+        from .worker import run
+
+        try:
+            return run(spec)
+        except Exception as exc:  # reported in the table like a failed worker process
+            print(f"[bench] {spec['group']} / {spec['name']} failed: {exc!r}", file=sys.stderr)
+            return {"error": repr(exc)}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
         cwd=REPO,
@@ -80,7 +96,8 @@ def _row(group: str, name: str, spec: dict[str, Any], nbytes: int, baseline: str
     result = _worker({**spec, "group": group, "name": name})
     if "error" in result:
         return Row(group, name, skipped=f"failed: {result['error'][:60]}")
-    note = "" if result["peak_exact"] else "peak = ru_maxrss"
+    note = "in-process peak" if spec["in_process"] else ""
+    note = note if result["peak_exact"] else "peak = ru_maxrss"
     return Row(
         group,
         name,
@@ -101,7 +118,13 @@ def _baseline(case: Case) -> str:
 
 def local_rows(args: argparse.Namespace, folder: str, layout: Layout) -> list[Row]:
     """The save, load, open and async groups, one worker process per case."""
-    spec = {"dir": folder, "layout": layout.to_json(), "repeats": args.repeats, "state_file": "state.bin"}
+    spec = {
+        "dir": folder,
+        "layout": layout.to_json(),
+        "repeats": args.repeats,
+        "state_file": "state.bin",
+        "in_process": args.in_process,
+    }
     needed = {c.file for c in CASES if c.group in ("load", "open") and c.group in args.groups}
     rows = []
     for case in CASES:

@@ -30,7 +30,6 @@ server.start()
 host, port = server.get_host_and_port()
 print(f"http://{host}:{port}", flush=True)
 sys.stdin.read()
-server.stop()
 """
 
 
@@ -51,13 +50,8 @@ def s3_server() -> Iterator[dict[str, Any]]:
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
         }
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.terminate()
+        proc.wait()
 
 
 class RequestCounter:
