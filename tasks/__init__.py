@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .export import ExportSnapshot, RunHasCheckpoint
+from .settings import checkpoint, export
 from .targets import CheckpointTarget, FsspecFileSystem, FsspecTarget, SnapshotTarget
 from .training import TrainingInterrupted, TrainingTask
 
@@ -15,4 +16,6 @@ __all__ = [
     "SnapshotTarget",
     "TrainingInterrupted",
     "TrainingTask",
+    "checkpoint",
+    "export",
 ]

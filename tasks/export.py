@@ -15,14 +15,14 @@ import logging
 from typing import Any
 
 import luigi
-from luigi.freezing import recursively_unfreeze
 
 from storage.checkpoints import CheckpointStore
 from storage.errors import CheckpointNotFoundError
 from storage.snapshot import snapshot_from_archive
 
+from .settings import export, storage_options_of, storage_options_parameter
 from .targets import SnapshotTarget
-from .training import TrainingTask, storage_options_parameter
+from .training import TrainingTask
 
 __all__ = ["ExportSnapshot", "RunHasCheckpoint"]
 
@@ -33,14 +33,14 @@ _ATTEMPTS = 5
 
 def _reader(run_url: str, storage_options: Any) -> CheckpointStore:
     """A store that only reads: it never prunes the run's checkpoints."""
-    return CheckpointStore(run_url, keep_last=None, storage_options=recursively_unfreeze(storage_options))
+    return CheckpointStore(run_url, keep_last=None, storage_options=storage_options_of(storage_options))
 
 
 class RunHasCheckpoint(luigi.ExternalTask):
     """Complete once the run folder ``run_url`` holds a good checkpoint."""
 
     run_url = luigi.Parameter(description="folder of the run (path or URL)")
-    storage_options = storage_options_parameter("checkpoint")
+    storage_options = storage_options_parameter()
 
     def complete(self) -> bool:
         # docstring inherited
@@ -59,10 +59,8 @@ class ExportSnapshot(luigi.Task):
     run_root = luigi.OptionalParameter(
         default=None, description="folder of the run to export; default: training_task()'s"
     )
-    export_root = luigi.Parameter(
-        default="./exports",
-        config_path={"section": "export", "name": "root"},
-        description="folder or URL under which snapshots are written",
+    export_root = luigi.OptionalParameter(
+        default=None, description="folder or URL of the snapshots (default: [export] root)"
     )
     select = luigi.ListParameter(
         default=(), description="array names or fnmatch patterns to export (default: all)"
@@ -70,7 +68,7 @@ class ExportSnapshot(luigi.Task):
     after_training = luigi.BoolParameter(
         default=False, description="require the complete training task (export its final step)"
     )
-    storage_options = storage_options_parameter("checkpoint")
+    storage_options = storage_options_parameter()
 
     def training_task(self) -> TrainingTask | None:
         """The training task whose run is exported; None to use ``run_root``."""
@@ -98,15 +96,16 @@ class ExportSnapshot(luigi.Task):
 
     def output(self) -> SnapshotTarget:
         # docstring inherited
-        root = str(self.export_root).rstrip("/")
+        root = str(self.export_root or export().root).rstrip("/")
         url = f"{root}/{self.run_name()}/{self.date:%Y-%m-%d}/snapshot.zip"
-        return SnapshotTarget(url, storage_options=self._options())
+        return SnapshotTarget(url, storage_options=self.fs_options())
 
     def _label(self) -> str:
         return f"{self.task_family} {self.date:%Y-%m-%d}"
 
-    def _options(self) -> dict[str, Any]:
-        return recursively_unfreeze(self.storage_options)
+    def fs_options(self) -> dict[str, Any]:
+        """``storage_options`` (default: ``[checkpoint] storage_options``) as a plain dict."""
+        return storage_options_of(self.storage_options)
 
     def run(self) -> None:
         """Write the snapshot of the newest good checkpoint (retrying if pruned away)."""
@@ -121,7 +120,7 @@ class ExportSnapshot(luigi.Task):
                     store.url_of(step),
                     target.path,
                     select=list(self.select) or None,
-                    storage_options=self._options(),
+                    storage_options=self.fs_options(),
                     metadata={"export_date": self.date.isoformat(), "run": store.root_url},
                 )
             except FileNotFoundError:

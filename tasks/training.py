@@ -28,16 +28,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import luigi
-from luigi.freezing import recursively_unfreeze
-from luigi.parameter import ParameterVisibility
 
 from storage.checkpoints import CheckpointStore
 from storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
 
 from .preemption import PreemptionGuard
+from .settings import checkpoint, storage_options_of, storage_options_parameter
 from .targets import CheckpointTarget
 
-__all__ = ["TrainingInterrupted", "TrainingTask", "storage_options_parameter"]
+__all__ = ["TrainingInterrupted", "TrainingTask"]
 
 logger = logging.getLogger("luigi-interface.checkpoint")
 
@@ -48,24 +47,11 @@ class TrainingInterrupted(CheckpointError):
     """Training stopped on a signal after saving a checkpoint of the current step."""
 
 
-def storage_options_parameter(section: str) -> luigi.DictParameter:
-    """A private, non-significant ``storage_options`` parameter read from ``[section]``."""
-    return luigi.DictParameter(
-        default={},
-        significant=False,
-        visibility=ParameterVisibility.PRIVATE,
-        config_path={"section": section, "name": "storage_options"},
-        description="fsspec storage options as JSON (S3 endpoint, credentials...)",
-    )
-
-
 class TrainingTask(luigi.Task):
     """Base class of resumable training tasks; see the module docstring."""
 
-    checkpoint_root = luigi.Parameter(
-        default="./runs",
-        config_path={"section": "checkpoint", "name": "root"},
-        description="folder or URL under which each run gets its own folder",
+    checkpoint_root = luigi.OptionalParameter(
+        default=None, description="folder or URL of the runs (default: [checkpoint] root)"
     )
     total_steps = luigi.IntParameter(description="number of steps of a complete run")
     checkpoint_every = luigi.IntParameter(
@@ -84,7 +70,7 @@ class TrainingTask(luigi.Task):
     status_seconds = luigi.FloatParameter(
         default=5.0, significant=False, description="seconds between progress reports to the scheduler"
     )
-    storage_options = storage_options_parameter("checkpoint")
+    storage_options = storage_options_parameter()
 
     trusted_types: ClassVar[tuple[type | str, ...]] = ()
     """Classes (or dotted names) the state may contain beyond the safe defaults."""
@@ -104,16 +90,20 @@ class TrainingTask(luigi.Task):
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         return digest[:_RUN_ID_LENGTH]
 
+    def root_url(self) -> str:
+        """``checkpoint_root``, or ``[checkpoint] root`` when it is not set."""
+        return str(self.checkpoint_root or checkpoint().root).rstrip("/")
+
     def run_url(self) -> str:
         """The run's folder: ``<checkpoint_root>/<task family>/<run id>``."""
-        return f"{str(self.checkpoint_root).rstrip('/')}/{self.task_family}/{self.run_id()}"
+        return f"{self.root_url()}/{self.task_family}/{self.run_id()}"
 
     def _label(self) -> str:
         return f"{self.task_family} {self.run_id()}"
 
     def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` as a plain dict, as fsspec wants it."""
-        return recursively_unfreeze(self.storage_options)
+        """``storage_options`` (default: ``[checkpoint] storage_options``) as a plain dict."""
+        return storage_options_of(self.storage_options)
 
     def checkpoint_store(self) -> CheckpointStore:
         """The :class:`CheckpointStore` of this run."""
