@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .archive import audit, dump, freeze, load, read_arrays, read_manifest, verify, write_frozen
+from .checkpoints import CheckpointInfo, CheckpointStore, VerifyReport
 from .errors import (
     ArchiveError,
     ArchiveTooLargeError,
@@ -27,7 +28,9 @@ __all__ = [
     "BadNpyHeaderError",
     "BadPersistentIdError",
     "CheckpointError",
+    "CheckpointInfo",
     "CheckpointNotFoundError",
+    "CheckpointStore",
     "ChecksumError",
     "CorruptPickleError",
     "Frozen",
@@ -37,6 +40,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UntrustedTypeError",
+    "VerifyReport",
     "audit",
     "dump",
     "freeze",

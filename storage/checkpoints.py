@@ -295,8 +295,9 @@ class CheckpointStore:
     def restore(self, step: int | None = None, **load_kwargs: Any) -> tuple[int, Any]:
         """Load a checkpoint: ``(step, state)``.
 
-        ``step=None`` takes the newest good checkpoint, falling back to older
-        ones when loading fails with an :class:`ArchiveError`. ``load_kwargs``
+        The archive must pass the cheap check of :meth:`latest_step` and load;
+        ``step=None`` takes the newest such checkpoint, skipping (and logging)
+        those that fail with an :class:`ArchiveError`. ``load_kwargs``
         go to :func:`storage.archive.load` (``trusted``, ``renames``, ``mmap``...).
         Raises :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
         """
@@ -304,6 +305,7 @@ class CheckpointStore:
 
         def load(at: int) -> Any:
             try:
+                self._check(at)
                 return archive.load(self.url_of(at), storage_options=self._storage_options, **load_kwargs)
             except FileNotFoundError:
                 raise CheckpointNotFoundError(f"{self.url_of(at)}: no checkpoint of step {at}") from None
