@@ -1,0 +1,351 @@
+"""The ``ckpt`` command: list, inspect, verify, audit, export and prune checkpoints.
+
+Every path may be a URL (``s3://bucket/run``, ``memory://...``). Options for the
+fsspec filesystem are given as repeated ``--storage-option KEY=VALUE``; values
+are parsed as JSON when they can be (``anon=true``, ``default_block_size=1048576``)
+and dotted keys build nested dicts
+(``client_kwargs.endpoint_url=http://127.0.0.1:9000``). s3fs also reads the usual
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` and
+``AWS_ENDPOINT_URL`` environment variables.
+
+Exit status: 0 success, 1 error or bad archives found (``verify``) or untrusted
+globals found (``audit``), 2 usage error. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+from . import archive
+from .checkpoints import CheckpointStore
+from .errors import ArchiveError, CheckpointError, CheckpointNotFoundError
+from .fs import resolve, url_of
+from .snapshot import load_snapshot, read_snapshot_manifest, snapshot_from_archive
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Failed(Exception):
+    """A check found problems: the report is printed, the exit status is 1."""
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _storage_option(text: str) -> tuple[list[str], Any]:
+    key, raw = _pair(text)
+    if "" in key.split("."):
+        raise argparse.ArgumentTypeError(f"empty part in dotted key {key!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.split("."), value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _options(pairs: Sequence[tuple[list[str], Any]]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for keys, value in pairs:
+        node = options
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f"--storage-option {'.'.join(keys)}: {key} is not a dict")
+        node[keys[-1]] = value
+    return options
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(map(str, headers)), *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells
+    )
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(created: datetime | str | None) -> tuple[str, str]:
+    """``(UTC time, age)`` for display."""
+    if created is None:
+        return "-", "-"
+    moment = created if isinstance(created, datetime) else datetime.fromisoformat(created)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return moment.strftime("%Y-%m-%d %H:%M:%S"), f"{seconds // span}{unit}"
+    return moment.strftime("%Y-%m-%d %H:%M:%S"), f"{seconds}s"
+
+
+def _summary(metadata: Mapping[str, Any], width: int = 48) -> str:
+    """Scalar metadata as ``key=value`` (the step is shown in its own column)."""
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metadata.items()
+        if k != "step" and isinstance(v, (str, int, float, bool))
+    ]
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _jsonable(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=_jsonable) if args.json else text)
+
+
+def _is_file(url: str, storage_options: dict[str, Any]) -> bool:
+    fs, path = resolve(url, storage_options)
+    fs.invalidate_cache(path)
+    return fs.isfile(path)
+
+
+def _is_snapshot(url: str, storage_options: dict[str, Any]) -> bool:
+    try:
+        read_snapshot_manifest(url, storage_options=storage_options)
+    except ArchiveError:
+        return False
+    return True
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    store = CheckpointStore(args.root, storage_options=args.storage_options)
+    rows, data = [], []
+    for step in store.steps():
+        try:
+            info = store.info(step)
+        except ArchiveError as exc:
+            rows.append([step, "-", "-", "-", f"DAMAGED: {exc}"])
+            data.append({"step": step, "ok": False, "url": store.url_of(step), "problem": str(exc)})
+            continue
+        created, age = _when(info.created)
+        rows.append([step, _size(info.size), created, age, _summary(info.metadata)])
+        data.append({"step": step, "ok": True, "url": info.url, "size": info.size,
+                     "created": info.created, "metadata": info.metadata})
+    if not rows:
+        raise CheckpointNotFoundError(f"{args.root}: no checkpoints")
+    _emit(args, data, _table(["STEP", "SIZE", "CREATED (UTC)", "AGE", "METADATA"], rows))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    so = args.storage_options
+    snapshot = _is_snapshot(args.path, so)
+    manifest = (read_snapshot_manifest if snapshot else archive.read_manifest)(
+        args.path, storage_options=so
+    )
+    fs, path = resolve(args.path, so)
+    created, age = _when(manifest.get("created"))
+    fields = [
+        ("snapshot" if snapshot else "archive", url_of(fs, path)),
+        ("format", f"{manifest['format']} v{manifest['format_version']}"),
+        ("size", _size(fs.size(path))),
+        ("created", f"{created} UTC ({age} ago)"),
+    ]
+    if snapshot and manifest.get("source"):
+        source = manifest["source"]
+        fields.append(("source", f"{source['url']} (step {source['step']})"))
+    if not snapshot:
+        fields.append(("pickle", f"protocol {manifest.get('pickle_protocol')}, "
+                                 f"{manifest.get('compression')}"))
+    fields.append(("metadata", json.dumps(manifest.get("metadata", {}), sort_keys=True)))
+    lines = [f"{label:<10}{value}" for label, value in fields]
+    arrays = manifest["arrays"]
+    rows = [[a["name"], a["dtype"], tuple(a["shape"]), _size(a["nbytes"])] for a in arrays]
+    total = sum(a["nbytes"] for a in arrays)
+    lines += ["", _table(["NAME", "DTYPE", "SHAPE", "SIZE"], rows),
+              f"{len(arrays)} arrays, {_size(total)}"]
+    _emit(args, manifest, "\n".join(lines))
+
+
+def _verify_file(url: str, storage_options: dict[str, Any]) -> list[str]:
+    if _is_snapshot(url, storage_options):
+        try:
+            load_snapshot(url, storage_options=storage_options)
+        except ArchiveError as exc:
+            return [str(exc)]
+        return []
+    return archive.verify(url, storage_options=storage_options)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    so = args.storage_options
+    if _is_file(args.path, so):
+        fs, path = resolve(args.path, so)
+        reports = [{"url": url_of(fs, path), "ok": None, "problems": _verify_file(args.path, so)}]
+    else:
+        store = CheckpointStore(args.path, storage_options=so)
+        reports = [asdict(store.verify(step)) for step in store.steps()]
+        if not reports:
+            raise CheckpointNotFoundError(f"{args.path}: no checkpoints to verify")
+    for report in reports:
+        report["ok"] = not report["problems"]
+    bad = [r for r in reports if not r["ok"]]
+    lines = [f"{'ok ' if r['ok'] else 'BAD'}  {r['url']}" for r in reports]
+    lines += [f"  {problem}" for r in bad for problem in r["problems"]]
+    lines.append(f"{len(reports)} checked, {len(bad)} bad")
+    _emit(args, reports, "\n".join(lines))
+    if bad:
+        raise _Failed
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    result = archive.audit(args.archive, trusted=args.trust, renames=dict(args.rename) or None,
+                           storage_options=args.storage_options)
+    rows = [[name, "UNTRUSTED" if name in result.untrusted else "trusted"]
+            for name in result.globals]
+    summary = f"{len(result.globals)} globals, {len(result.untrusted)} untrusted"
+    if result.untrusted:
+        summary += " (to load, pass trusted=[...]; here, --trust NAME)"
+    _emit(args, {"globals": list(result.globals), "untrusted": list(result.untrusted)},
+          f"{_table(['GLOBAL', 'STATUS'], rows)}\n{summary}")
+    if result.untrusted:
+        raise _Failed
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    so = args.storage_options
+    src = args.source
+    if not _is_file(src, so):
+        store = CheckpointStore(src, storage_options=so)
+        step = args.step if args.step is not None else store.latest_step()
+        if step is None:
+            raise CheckpointNotFoundError(f"{src}: no good checkpoint to export")
+        src = store.url_of(step)
+    elif args.step is not None:
+        raise CheckpointError("--step needs a checkpoint folder, not an archive")
+    manifest = snapshot_from_archive(src, args.dest, args.select, storage_options=so)
+    total = sum(a["nbytes"] for a in manifest["arrays"])
+    _emit(args, manifest, f"wrote {args.dest}: {len(manifest['arrays'])} arrays, "
+          f"{_size(total)}, from {src}")
+
+
+def _retained(store: CheckpointStore, steps: list[int]) -> set[int]:
+    """The steps :meth:`CheckpointStore.prune` keeps (for ``--dry-run``)."""
+    keep = set(steps[-store.keep_last :]) if store.keep_last else set(steps)
+    keep.update(s for s in steps if store.keep_every and s % store.keep_every == 0)
+    keep.add(store.latest_step())
+    return keep
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    store = CheckpointStore(args.root, keep_last=args.keep_last, keep_every=args.keep_every,
+                            storage_options=args.storage_options)
+    if args.dry_run:
+        steps = store.steps()
+        removed = [s for s in steps if s not in _retained(store, steps)]
+    else:
+        removed = store.prune()
+    verb = "would remove" if args.dry_run else "removed"
+    kept = [s for s in store.steps() if s not in removed]
+    lines = [f"{verb} step {step}" for step in removed]
+    lines.append(f"{verb} {len(removed)}, kept {len(kept)}: {', '.join(map(str, kept))}")
+    _emit(args, {"removed": removed, "kept": kept, "dry_run": args.dry_run}, "\n".join(lines))
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--storage-option", "-o", metavar="KEY=VALUE", dest="storage_options",
+                        type=_storage_option, action="append", default=[],
+                        help="fsspec storage option (repeatable; JSON values, dotted keys)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = _Parser(prog="ckpt", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("ls", cmd_ls, "list the checkpoints of a run folder").add_argument("root")
+    add("inspect", cmd_inspect, "show an archive's or snapshot's manifest and arrays"
+        ).add_argument("path")
+    add("verify", cmd_verify, "check every CRC and NPY header of a folder or file"
+        ).add_argument("path")
+    p = add("audit", cmd_audit, "list the globals a checkpoint's pickle would import")
+    p.add_argument("archive")
+    p.add_argument("--trust", action="append", default=[], metavar="NAME",
+                   help="dotted name to trust (repeatable)")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   type=_pair,
+                   help="rename a module or class before checking (repeatable)")
+    p = add("export", cmd_export, "write a numpy-only snapshot of an archive or a run's latest step")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("--select", nargs="+", metavar="PATTERN", help="array names or globs")
+    p.add_argument("--step", type=int, help="step to export from a run folder")
+    p = add("prune", cmd_prune, "delete old checkpoints by a retention policy")
+    p.add_argument("root")
+    p.add_argument("--keep-last", type=_positive, required=True, metavar="N")
+    p.add_argument("--keep-every", type=_positive, metavar="K")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ckpt``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        args.storage_options = _options(args.storage_options)
+        args.func(args)
+    except _Failed:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"ckpt: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(exc: Exception) -> str:
+    """One line for an error; unexpected kinds keep their type name."""
+    if isinstance(exc, CheckpointError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {exc.filename or exc}"
+    if isinstance(exc, (OSError, ValueError, ImportError)):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
