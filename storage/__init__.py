@@ -21,6 +21,7 @@ from .errors import (
     UntrustedTypeError,
 )
 from .externalize import Frozen
+from .snapshot import load_snapshot, save_snapshot, snapshot_from_archive
 
 __all__ = [
     "ArchiveError",
@@ -45,8 +46,11 @@ __all__ = [
     "dump",
     "freeze",
     "load",
+    "load_snapshot",
     "read_arrays",
     "read_manifest",
+    "save_snapshot",
+    "snapshot_from_archive",
     "verify",
     "write_frozen",
 ]
