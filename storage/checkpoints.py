@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import os
 import re
 import threading
 import time
@@ -147,7 +148,7 @@ class CheckpointStore:
 
     def __init__(
         self,
-        root: str,
+        root: str | os.PathLike[str],
         *,
         keep_last: int | None = 3,
         keep_every: int | None = None,
@@ -245,7 +246,7 @@ class CheckpointStore:
         try:
             self._prune(known_good=step)
         except OSError as exc:
-            logger.warning("checkpoint %s saved, but pruning %s failed: %s", info.url, self.root_url, exc)
+            logger.warning("saved %s, but pruning %s failed: %s", info.url, self.root_url, exc)
         return info
 
     def _write_in_background(
@@ -281,7 +282,10 @@ class CheckpointStore:
         return None if found is None else found[0]
 
     def info(self, step: int) -> CheckpointInfo:
-        """Manifest facts of ``step`` (size, created, metadata, arrays)."""
+        """Manifest facts of ``step`` (size, created, metadata, arrays).
+
+        Raises :class:`ArchiveError` if the archive fails the cheap check.
+        """
         self._settle()
         path = self._path(step)
         try:
@@ -289,7 +293,7 @@ class CheckpointStore:
             self._fs.invalidate_cache(path)
             size = self._fs.size(path)
         except FileNotFoundError:
-            raise CheckpointNotFoundError(f"{self.url_of(step)}: no checkpoint of step {step}") from None
+            raise self._not_found(step) from None
         return self._info_from(step, size, manifest)
 
     def restore(self, step: int | None = None, **load_kwargs: Any) -> tuple[int, Any]:
@@ -304,11 +308,12 @@ class CheckpointStore:
         self._settle()
 
         def load(at: int) -> Any:
+            url = self.url_of(at)
             try:
                 self._check(at)
-                return archive.load(self.url_of(at), storage_options=self._storage_options, **load_kwargs)
+                return archive.load(url, storage_options=self._storage_options, **load_kwargs)
             except FileNotFoundError:
-                raise CheckpointNotFoundError(f"{self.url_of(at)}: no checkpoint of step {at}") from None
+                raise self._not_found(at) from None
 
         if step is not None:
             return step, load(step)
@@ -323,9 +328,12 @@ class CheckpointStore:
         path, url = self._path(step), self.url_of(step)
         self._fs.invalidate_cache(path)
         if not self._fs.exists(path):
-            raise CheckpointNotFoundError(f"{url}: no checkpoint of step {step}")
+            raise self._not_found(step)
         problems = tuple(archive.verify(url, storage_options=self._storage_options))
         return VerifyReport(step=step, url=url, ok=not problems, problems=problems)
+
+    def _not_found(self, step: int) -> CheckpointNotFoundError:
+        return CheckpointNotFoundError(f"{self.url_of(step)}: no checkpoint of step {step}")
 
     def _check(self, step: int) -> dict[str, Any]:
         return archive.read_manifest(self.url_of(step), storage_options=self._storage_options)
@@ -382,16 +390,26 @@ class CheckpointStore:
 
     # -- retention ---------------------------------------------------------
 
-    def prune(self) -> list[int]:
-        """Apply the retention policy now; the deleted steps, ascending."""
-        self._settle()
-        return self._prune(known_good=None)
+    def prune(self, *, dry_run: bool = False) -> list[int]:
+        """Apply the retention policy now; the deleted steps, ascending.
 
-    def _prune(self, known_good: int | None) -> list[int]:
+        With ``dry_run=True`` nothing is deleted and the steps that would be
+        are returned.
+        """
+        self._settle()
+        return self._prune(known_good=None, dry_run=dry_run)
+
+    def _prune(self, known_good: int | None, dry_run: bool = False) -> list[int]:
         listing = self._scan()
+        doomed = self._doomed(listing.steps, known_good)
+        if dry_run:
+            return doomed
         for temp in listing.stale_temps:
             self._remove(temp)
-        steps = listing.steps
+        return [s for s in doomed if self._remove(self._path(s))]
+
+    def _doomed(self, steps: list[int], known_good: int | None) -> list[int]:
+        """The steps the retention policy deletes; ``known_good`` passed the check."""
         if self.keep_last is None:
             return []
         newest = steps[-self.keep_last :]
@@ -399,24 +417,18 @@ class CheckpointStore:
         if self.keep_every is not None:
             keep.update(s for s in steps if s % self.keep_every == 0)
         doomed = [s for s in steps if s not in keep]
-        if not doomed:
-            return []
-        if known_good in newest:
-            protected = known_good  # so is every newer step: nothing to look up
-        else:
-            try:
-                protected = self._newest_good(steps, known_good)
-            except FileNotFoundError:
-                return []  # a concurrent prune is at work; leave it to that one
-        return [s for s in doomed if s != protected and self._remove(self._path(s))]
+        if not doomed or known_good in newest:
+            return doomed  # when known_good is kept, so is every newer step
 
-    def _newest_good(self, steps: list[int], known_good: int | None) -> int | None:
         def check(step: int) -> None:
             if step != known_good:
                 self._check(step)
 
-        found = self._first_passing(steps, check)
-        return None if found is None else found[0]
+        try:
+            newest_good = self._first_passing(steps, check)
+        except FileNotFoundError:
+            return []  # a concurrent prune is at work; leave it to that one
+        return [s for s in doomed if newest_good is None or s != newest_good[0]]
 
     def _remove(self, path: str) -> bool:
         """Delete ``path``; False if it was already gone."""
@@ -451,6 +463,6 @@ def _utc(stamp: str) -> datetime:
 def _json_copy(metadata: dict[str, Any], url: str) -> dict[str, Any]:
     """A deep copy of JSON-able metadata, taken now (the caller may mutate theirs)."""
     try:
-        return json.loads(json.dumps(metadata, allow_nan=True))
+        return json.loads(json.dumps(metadata))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{url}: checkpoint metadata is not JSON-serializable: {exc}") from None

@@ -207,16 +207,15 @@ class Model:
 # -- damaged archives ----------------------------------------------------
 
 
-def _flip_in_manifest(data: bytes) -> bytes:
-    at = data.rindex(b'"format"') + 3
-    return data[:at] + bytes([data[at] ^ 0x04]) + data[at + 1 :]
+def flip(data: bytes, at: int, bits: int = 0x04) -> bytes:
+    return data[:at] + bytes([data[at] ^ bits]) + data[at + 1 :]
 
 
 DAMAGE = {
     "truncated": lambda data: data[: len(data) * 2 // 3],
     "zero-bytes": lambda data: b"",
-    "flipped-manifest": _flip_in_manifest,
-    "flipped-end-record": lambda data: data[:-6] + bytes([data[-6] ^ 0x10]) + data[-5:],
+    "flipped-manifest": lambda data: flip(data, data.rindex(b'"format"') + 3),
+    "flipped-end-record": lambda data: flip(data, len(data) - 6),
 }
 
 
@@ -245,9 +244,9 @@ def test_restore_falls_back_when_array_data_is_damaged(
     store = open_store(root)
     store.save(1, make_state(1))
     store.save(2, make_state(2))
-    data = read(root, 2)
-    offset = next(a["offset"] for a in archive.read_manifest(store.url_of(2), storage_options=root.storage_options)["arrays"] if a["name"] == "model/W")
-    put(root, archive_name(2), data[:offset + 5] + bytes([data[offset + 5] ^ 1]) + data[offset + 6 :])
+    manifest = archive.read_manifest(store.url_of(2), storage_options=root.storage_options)
+    offset = next(a["offset"] for a in manifest["arrays"] if a["name"] == "model/W")
+    put(root, archive_name(2), flip(read(root, 2), offset + 5))
     assert store.latest_step() == 2
     with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
         step, state = store.restore()
@@ -276,9 +275,17 @@ def test_prune_returns_the_deleted_steps(root: Root) -> None:
         writer.save(step, make_state(step))
     assert writer.prune() == []
     pruner = open_store(root, keep_last=2, keep_every=3)
+    assert pruner.prune(dry_run=True) == [1, 2, 4]
+    assert pruner.steps() == [1, 2, 3, 4, 5, 6]
     assert pruner.prune() == [1, 2, 4]
     assert pruner.steps() == [3, 5, 6]
     assert pruner.prune() == []
+
+
+@pytest.mark.parametrize("options", [{"keep_last": 0}, {"keep_every": 0}, {"keep_last": -2}])
+def test_retention_options_must_be_positive(options: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        CheckpointStore("memory://run", **options)
 
 
 def test_prune_never_deletes_the_newest_good_archive(root: Root) -> None:
