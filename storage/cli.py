@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -57,13 +57,9 @@ def _storage_option(text: str) -> tuple[list[str], Any]:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return int(text)
 
 
 def _options(pairs: Sequence[tuple[list[str], Any]]) -> dict[str, Any]:
@@ -86,14 +82,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     )
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def _size(n: int) -> str:
+    power = min((n.bit_length() - 1) // 10, 4) if n else 0
+    unit = ("B", "KiB", "MiB", "GiB", "TiB")[power]
+    return f"{n} B" if power == 0 else f"{n / 1024**power:.1f} {unit}"
 
 
 def _when(created: datetime | str | None) -> tuple[str, str]:
@@ -206,7 +198,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
     so = args.storage_options
     if _is_file(args.path, so):
         fs, path = resolve(args.path, so)
-        reports = [{"url": url_of(fs, path), "ok": None, "problems": _verify_file(args.path, so)}]
+        reports = [{"url": url_of(fs, path), "problems": _verify_file(args.path, so)}]
     else:
         store = CheckpointStore(args.path, storage_options=so)
         reports = [asdict(store.verify(step)) for step in store.steps()]
@@ -302,8 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("--trust", action="append", default=[], metavar="NAME",
                    help="dotted name to trust (repeatable)")
-    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
-                   type=_pair,
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", type=_pair,
                    help="rename a module or class before checking (repeatable)")
     p = add("export", cmd_export, "write a numpy-only snapshot of an archive or a run's latest step")
     p.add_argument("source")
@@ -331,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"ckpt: error: {_describe(exc)}", file=sys.stderr)
+        print(f"ckpt: error: {' '.join(_describe(exc).split())}", file=sys.stderr)
         return 1
     return 0
 

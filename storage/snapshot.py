@@ -30,17 +30,12 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
 from . import archive, npy
-from .errors import (
-    ArchiveError,
-    ChecksumError,
-    MissingMemberError,
-)
+from .errors import ArchiveError, ChecksumError, MissingMemberError
 from .fs import atomic_write, resolve, url_of
 from .reading import ArchiveSource, open_source, read_npy
 from .zipwrite import ZipWriter
@@ -79,7 +74,7 @@ def save_snapshot(
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": archive._library_version(),
         "numpy_version": np.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "source": dict(source) if source is not None else None,
@@ -164,7 +159,7 @@ def _selected(where: str, names: list[str], select: str | Iterable[str] | None) 
     if select is None:
         return names
     patterns = [select] if isinstance(select, str) else list(select)
-    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
         raise MissingMemberError(
             f"{where}: no array matches {', '.join(map(repr, unmatched))} "
@@ -265,10 +260,3 @@ def _digest(a: np.ndarray) -> str:
     """SHA-256 of the data bytes of ``a`` in the order its NPY header declares."""
     stored = a.T if npy.writable_layout(a) else a
     return hashlib.sha256(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)).hexdigest()
-
-
-def _library_version() -> str:
-    try:
-        return version("luigi-checkpoint")
-    except PackageNotFoundError:
-        return "unknown"
