@@ -11,6 +11,7 @@ import io
 import operator
 import os
 import pickle
+import random
 import shlex
 import subprocess
 import sys
@@ -486,6 +487,23 @@ def test_every_truncation_is_a_corrupt_pickle() -> None:
 def test_malformed_stream_is_a_corrupt_pickle_naming_the_source(data: bytes) -> None:
     with pytest.raises(CorruptPickleError, match="bad.pkl"):
         load_pickle(data, source="bad.pkl")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_mutated_pickles_only_raise_checkpoint_errors(protocol: int) -> None:
+    state = {"w": np.arange(6.0).reshape(2, 3), "step": 3, "rng": np.random.default_rng(1),
+             "seen": collections.OrderedDict(a={1.5, "x"}), "at": datetime.date(2020, 1, 2)}
+    valid = pickle.dumps(state, protocol=protocol)
+    rng = random.Random(protocol)
+    for _ in range(200):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at:at + 1] = rng.choice([bytes([rng.randrange(256)]), b"", data[at:at + 9]])
+        try:
+            load_pickle(bytes(data), source="fuzz.pkl")
+        except (CorruptPickleError, UntrustedTypeError) as exc:
+            assert "fuzz.pkl" in str(exc)
 
 
 @pytest.mark.parametrize("put", [b"q\xff", b"r\x00\x00\x00\x40", b"p1073741824\n"])
