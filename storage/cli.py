@@ -4,7 +4,8 @@ Every path may be a URL (``s3://bucket/run``, ``memory://...``). Options for the
 fsspec filesystem are given as repeated ``--storage-option KEY=VALUE``; values
 are parsed as JSON when they can be (``anon=true``, ``default_block_size=1048576``)
 and dotted keys build nested dicts
-(``client_kwargs.endpoint_url=http://127.0.0.1:9000``). s3fs also reads the usual
+(``client_kwargs.endpoint_url=http://127.0.0.1:9000``); quote a string that
+looks like a number as JSON (``secret='"0123"'``). s3fs also reads the usual
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` and
 ``AWS_ENDPOINT_URL`` environment variables.
 
@@ -276,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="fsspec storage option (repeatable; JSON values, dotted keys)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser = _Parser(prog="ckpt", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="ckpt", description=__doc__.replace("``", ""),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -285,24 +286,25 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("ls", cmd_ls, "list the checkpoints of a run folder").add_argument("root")
+    add("ls", cmd_ls, "list the checkpoints of a run folder").add_argument(
+        "root", metavar="ROOT", help="run folder (path or URL)")
     add("inspect", cmd_inspect, "show an archive's or snapshot's manifest and arrays"
-        ).add_argument("path")
+        ).add_argument("path", metavar="ARCHIVE_OR_SNAPSHOT")
     add("verify", cmd_verify, "check every CRC and NPY header of a folder or file"
-        ).add_argument("path")
+        ).add_argument("path", metavar="ROOT_OR_ARCHIVE")
     p = add("audit", cmd_audit, "list the globals a checkpoint's pickle would import")
-    p.add_argument("archive")
+    p.add_argument("archive", metavar="ARCHIVE")
     p.add_argument("--trust", action="append", default=[], metavar="NAME",
                    help="dotted name to trust (repeatable)")
     p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", type=_pair,
                    help="rename a module or class before checking (repeatable)")
     p = add("export", cmd_export, "write a numpy-only snapshot of an archive or a run's latest step")
-    p.add_argument("source")
-    p.add_argument("dest")
+    p.add_argument("source", metavar="ARCHIVE_OR_ROOT")
+    p.add_argument("dest", metavar="DEST", help="snapshot to write (path or URL)")
     p.add_argument("--select", nargs="+", metavar="PATTERN", help="array names or globs")
     p.add_argument("--step", type=int, help="step to export from a run folder")
     p = add("prune", cmd_prune, "delete old checkpoints by a retention policy")
-    p.add_argument("root")
+    p.add_argument("root", metavar="ROOT")
     p.add_argument("--keep-last", type=_positive, required=True, metavar="N")
     p.add_argument("--keep-every", type=_positive, metavar="K")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
