@@ -179,8 +179,14 @@ def _checked_array(where: str, name: object, a: object) -> np.ndarray:
 
 
 def _valid_name(name: str) -> bool:
+    """A relative ``a/b`` path that ``numpy.load`` cannot confuse with the manifest."""
     parts = name.split("/")
-    return "\\" not in name and "\0" not in name and all(p not in ("", ".", "..") for p in parts)
+    return (
+        name != MANIFEST
+        and "\\" not in name
+        and "\0" not in name
+        and all(p not in ("", ".", "..") for p in parts)
+    )
 
 
 def _write_member(writer: ZipWriter, name: str, a: np.ndarray) -> dict[str, Any]:

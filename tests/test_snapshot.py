@@ -177,7 +177,7 @@ def test_object_arrays_cannot_be_saved(tmp_path: Any) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["", "/abs", "a/../b", "a//b", "back\\slash"])
+@pytest.mark.parametrize("name", ["", "/abs", "a/../b", "a//b", "back\\slash", "manifest.json"])
 def test_bad_array_names_are_refused(tmp_path: Any, name: str) -> None:
     with pytest.raises(ValueError, match="invalid array name"):
         save_snapshot({name: np.zeros(1)}, str(tmp_path / "s.zip"))
