@@ -206,6 +206,8 @@ def audit_pickle(
                 value = args[0] if args else pop(1, op)[0]
                 stack.append(value)
                 memo[key] = value
+            elif op == "PROTO" and arg > pickle.HIGHEST_PROTOCOL:
+                raise ValueError(f"unsupported pickle protocol {arg}")
             elif op == "DUP":
                 stack.extend(args * 2)
             elif op in ("GLOBAL", "INST"):

@@ -479,14 +479,18 @@ def test_every_truncation_is_a_corrupt_pickle() -> None:
         b"\x80\x04Pid\n.",
         b"\x80\x04\x97.",
         b"\x80\x04(]\x94a.",
+        b"\x80\x63N.",
     ],
     ids=["garbage", "lying frame", "lying bytes8", "missing memo", "bad global", "bad reduce",
          "bad complex", "bad array state", "bad reconstruct", "stack underflow", "pop mark",
-         "persid without loader", "out-of-band buffer", "append across mark"],
+         "persid without loader", "out-of-band buffer", "append across mark",
+         "protocol 99"],
 )
 def test_malformed_stream_is_a_corrupt_pickle_naming_the_source(data: bytes) -> None:
     with pytest.raises(CorruptPickleError, match="bad.pkl"):
         load_pickle(data, source="bad.pkl")
+    with pytest.raises(CorruptPickleError, match="bad.pkl"):
+        load_pickle(data, source="bad.pkl", unsafe=True)
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 5])
