@@ -74,7 +74,19 @@ _NUMPY2 = int(np.__version__.split(".")[0]) >= 2
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
                "SHORT_BINUNICODE", "BINUNICODE8"}
 _GET_OPS, _PUT_OPS = {"GET", "BINGET", "LONG_BINGET"}, {"PUT", "BINPUT", "LONG_BINPUT"}
-_EXT_OPS = {"EXT1", "EXT2", "EXT4"}
+_SPECIAL_OPS = {*_STRING_OPS, *_GET_OPS, *_PUT_OPS, "MEMOIZE", "MARK", "PROTO", "DUP", "GLOBAL",
+                "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
+# per opcode: index of the mark in its stack arguments (-1: none), items popped, items pushed
+_SHAPES = {
+    op.name: (
+        op.stack_before.index(pickletools.markobject)
+        if pickletools.markobject in op.stack_before else -1,
+        len(op.stack_before),
+        len(op.stack_after),
+    )
+    for op in pickletools.opcodes
+}
+_SHAPES.update({name: (-1, 1, 1) for name in _PUT_OPS})  # PUT reads the top, as MEMOIZE does
 
 
 @dataclass(frozen=True)
@@ -161,13 +173,6 @@ def audit_pickle(
     marks: list[int] = []
     memo: dict[int, Any] = {}
 
-    def pop(count: int, op: str) -> list[Any]:
-        if len(stack) - (marks[-1] if marks else 0) < count:
-            raise ValueError(f"stack underflow at {op}")
-        values = stack[len(stack) - count:]
-        del stack[len(stack) - count:]
-        return values
-
     def imported(module: str, name: str) -> _Global:
         dotted = ".".join(_resolve(module, name, renames))
         found.add(dotted)
@@ -183,15 +188,24 @@ def audit_pickle(
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             op = opcode.name
-            before = opcode.stack_before
-            if pickletools.markobject in before:
+            mark_at, count, pushed = _SHAPES[op]
+            if mark_at >= 0:
                 if not marks:
                     raise ValueError(f"{op} without MARK")
                 del stack[marks.pop():]
-                args = pop(before.index(pickletools.markobject), op)
-            else:
-                args = pop(len(before), op)
-            if op == "MARK":
+                count = mark_at
+            args: list[Any] = []
+            if count:
+                if len(stack) - (marks[-1] if marks else 0) < count:
+                    raise ValueError(f"stack underflow at {op}")
+                args = stack[-count:]
+                del stack[-count:]
+            if op not in _SPECIAL_OPS:
+                if op == "BUILD" and isinstance(args[0], _Global):
+                    refused.add(f"{args[0].name} (BUILD sets its attributes)")
+                if pushed:
+                    stack.append(None)  # only DUP (handled below) pushes two
+            elif op == "MARK":
                 marks.append(len(stack))
             elif op in _STRING_OPS:
                 stack.append(arg)
@@ -203,11 +217,11 @@ def audit_pickle(
                 key = len(memo) if op == "MEMOIZE" else arg
                 if key > len(data):
                     raise ValueError(f"{op} index {key} beyond the size of the stream")
-                value = args[0] if args else pop(1, op)[0]
-                stack.append(value)
-                memo[key] = value
-            elif op == "PROTO" and arg > pickle.HIGHEST_PROTOCOL:
-                raise ValueError(f"unsupported pickle protocol {arg}")
+                stack.append(args[0])
+                memo[key] = args[0]
+            elif op == "PROTO":
+                if arg > pickle.HIGHEST_PROTOCOL:
+                    raise ValueError(f"unsupported pickle protocol {arg}")
             elif op == "DUP":
                 stack.extend(args * 2)
             elif op in ("GLOBAL", "INST"):
@@ -219,16 +233,12 @@ def audit_pickle(
                     stack.append(imported(*args))
                 else:
                     unknown("<dynamic global>")
-            elif op in _EXT_OPS:
+            else:
                 key = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
                 if key is None:
                     unknown(f"<extension code {arg}>")
                 else:
                     stack.append(imported(*key))
-            else:
-                if op == "BUILD" and isinstance(args[0], _Global):
-                    refused.add(f"{args[0].name} (BUILD sets its attributes)")
-                stack.extend([None] * len(opcode.stack_after))
     except (ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
         raise CorruptPickleError(f"{source}: malformed pickle: {exc}") from exc
     return Audit(tuple(sorted(found)), tuple(sorted(refused)))
