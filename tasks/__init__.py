@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .export import ExportSnapshot, RunHasCheckpoint
-from .settings import checkpoint, export
 from .targets import CheckpointTarget, FsspecFileSystem, FsspecTarget, SnapshotTarget
 from .training import TrainingInterrupted, TrainingTask
 
@@ -16,6 +15,4 @@ __all__ = [
     "SnapshotTarget",
     "TrainingInterrupted",
     "TrainingTask",
-    "checkpoint",
-    "export",
 ]

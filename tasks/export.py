@@ -20,7 +20,7 @@ from storage.checkpoints import CheckpointStore
 from storage.errors import CheckpointNotFoundError
 from storage.snapshot import snapshot_from_archive
 
-from .settings import export, storage_options_of, storage_options_parameter
+from .settings import default_export_root, storage_options_of, storage_options_parameter
 from .targets import SnapshotTarget
 from .training import TrainingTask
 
@@ -96,7 +96,7 @@ class ExportSnapshot(luigi.Task):
 
     def output(self) -> SnapshotTarget:
         # docstring inherited
-        root = str(self.export_root or export().root).rstrip("/")
+        root = str(self.export_root or default_export_root()).rstrip("/")
         url = f"{root}/{self.run_name()}/{self.date:%Y-%m-%d}/snapshot.zip"
         return SnapshotTarget(url, storage_options=self.fs_options())
 

@@ -9,32 +9,36 @@ points every task of a deployment at the same storage::
 
     [export]
     root = s3://my-bucket/exports
+
+They are read when a task uses them (not when it is created), straight from
+Luigi's configuration: as ``luigi.Config`` classes their options would become
+command-line flags clashing with the tasks' own ``--checkpoint-root``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import luigi
+from luigi.configuration import get_config
 from luigi.freezing import recursively_unfreeze
 from luigi.parameter import ParameterVisibility
 
-__all__ = ["checkpoint", "export", "storage_options_parameter", "storage_options_of"]
+__all__ = ["default_checkpoint_root", "default_export_root", "storage_options_of", "storage_options_parameter"]
+
+DEFAULT_CHECKPOINT_ROOT = "./runs"
+DEFAULT_EXPORT_ROOT = "./exports"
 
 
-class checkpoint(luigi.Config):  # noqa: N801 (Luigi names config sections after classes)
-    """``[checkpoint]``: where runs are stored."""
-
-    root = luigi.Parameter(default="./runs", description="folder or URL of the runs")
-    storage_options = luigi.DictParameter(
-        default={}, visibility=ParameterVisibility.PRIVATE, description="fsspec storage options as JSON"
-    )
+def default_checkpoint_root() -> str:
+    """``[checkpoint] root``, by default ``./runs``."""
+    return get_config().get("checkpoint", "root", DEFAULT_CHECKPOINT_ROOT)
 
 
-class export(luigi.Config):  # noqa: N801
-    """``[export]``: where snapshots are written."""
-
-    root = luigi.Parameter(default="./exports", description="folder or URL of the snapshots")
+def default_export_root() -> str:
+    """``[export] root``, by default ``./exports``."""
+    return get_config().get("export", "root", DEFAULT_EXPORT_ROOT)
 
 
 def storage_options_parameter() -> luigi.OptionalDictParameter:
@@ -48,5 +52,14 @@ def storage_options_parameter() -> luigi.OptionalDictParameter:
 
 
 def storage_options_of(value: Any) -> dict[str, Any]:
-    """A ``storage_options`` parameter's value as the plain dict fsspec wants."""
-    return recursively_unfreeze(checkpoint().storage_options if value is None else value)
+    """A ``storage_options`` parameter's value as a plain dict (unset: from the config)."""
+    if value is not None:
+        return recursively_unfreeze(value)
+    text = get_config().get("checkpoint", "storage_options", "{}")
+    try:
+        options = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"luigi config [checkpoint] storage_options: not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("luigi config [checkpoint] storage_options: expected a JSON object")
+    return options

@@ -33,7 +33,7 @@ from storage.checkpoints import CheckpointStore
 from storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
 
 from .preemption import PreemptionGuard
-from .settings import checkpoint, storage_options_of, storage_options_parameter
+from .settings import default_checkpoint_root, storage_options_of, storage_options_parameter
 from .targets import CheckpointTarget
 
 __all__ = ["TrainingInterrupted", "TrainingTask"]
@@ -92,7 +92,7 @@ class TrainingTask(luigi.Task):
 
     def root_url(self) -> str:
         """``checkpoint_root``, or ``[checkpoint] root`` when it is not set."""
-        return str(self.checkpoint_root or checkpoint().root).rstrip("/")
+        return str(self.checkpoint_root or default_checkpoint_root()).rstrip("/")
 
     def run_url(self) -> str:
         """The run's folder: ``<checkpoint_root>/<task family>/<run id>``."""

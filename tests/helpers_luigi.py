@@ -7,6 +7,8 @@ it must not import pytest.
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
 import re
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 import luigi
 import numpy as np
 
+from pipeline.config import luigi_config
 from pipeline.mlp import TrainMLP
 from tasks.training import TrainingTask
 
@@ -98,6 +101,56 @@ class LuigiProcess:
     def kill(self, sig: int) -> int:
         self.process.send_signal(sig)
         return self.wait()
+
+
+@dataclass
+class ForkedBuild:
+    """``luigi.build`` of one task in a forked child process, logs in a file.
+
+    Forking skips the interpreter start-up, so a test can kill many runs.
+    """
+
+    process: multiprocessing.process.BaseProcess
+    log: Path
+
+    @classmethod
+    def start(
+        cls, task_class: type[luigi.Task], params: Mapping[str, Any], *, cfg: Path, log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> ForkedBuild:
+        context = multiprocessing.get_context("fork")
+        process = context.Process(target=_build_in_child, args=(task_class, dict(params), cfg, log, dict(env or {})))
+        process.start()
+        return cls(process, log)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def wait(self, timeout: float = 120) -> int | None:
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, 9)
+        self.process.join()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _build_in_child(
+    task_class: type[luigi.Task], params: dict[str, Any], cfg: Path, log: Path, env: dict[str, str]
+) -> None:
+    os.environ.update(env)
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    interface = logging.getLogger("luigi-interface")
+    interface.addHandler(handler)
+    interface.setLevel(logging.INFO)
+    with luigi_config(cfg):
+        succeeded = luigi.build([task_class(**params)], local_scheduler=True)
+    handler.flush()
+    os._exit(0 if succeeded else 1)
 
 
 def run_luigi(task: str, params: Mapping[str, Any], **kwargs: Any) -> tuple[int, str]:
