@@ -77,21 +77,19 @@ _GET_OPS, _PUT_OPS = {"GET", "BINGET", "LONG_BINGET"}, {"PUT", "BINPUT", "LONG_B
 _SPECIAL_OPS = {*_STRING_OPS, *_GET_OPS, *_PUT_OPS, "MEMOIZE", "MARK", "PROTO", "DUP", "GLOBAL",
                 "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
 # per opcode: index of the mark in its stack arguments (-1: none), items popped, items pushed
-_SHAPES = {
-    op.name: (
-        op.stack_before.index(pickletools.markobject)
-        if pickletools.markobject in op.stack_before else -1,
-        len(op.stack_before),
-        len(op.stack_after),
-    )
-    for op in pickletools.opcodes
-}
+_SHAPES = {op.name: (op.stack_before.index(pickletools.markobject)
+                     if pickletools.markobject in op.stack_before else -1,
+                     len(op.stack_before), len(op.stack_after)) for op in pickletools.opcodes}
 _SHAPES.update({name: (-1, 1, 1) for name in _PUT_OPS})  # PUT reads the top, as MEMOIZE does
 
 
 @dataclass(frozen=True)
 class Audit:
-    """Globals a pickle would import, as dotted names after renames (sorted, unique)."""
+    """Globals a pickle would import, as dotted names after renames (sorted, unique).
+
+    ``untrusted`` may also hold what cannot be named (``"<dynamic global>"``,
+    ``"<extension code N>"``) and trusted globals the stream would modify.
+    """
 
     globals: tuple[str, ...]
     untrusted: tuple[str, ...]
@@ -325,6 +323,5 @@ def load_pickle(
     except CheckpointError:
         raise
     except Exception as exc:  # a hostile stream can make any trusted constructor fail
-        raise CorruptPickleError(
-            f"{source}: malformed pickle: {type(exc).__name__}: {exc}"
-        ) from exc
+        problem = f"{type(exc).__name__}: {exc}"
+        raise CorruptPickleError(f"{source}: malformed pickle: {problem}") from exc
