@@ -245,7 +245,7 @@ def verify(src: Source, *, storage_options: dict[str, Any] | None = None) -> lis
             problems = [
                 problem
                 for name in archive.reader.members
-                if (problem := _problem(lambda name=name: check_member(archive, name)))
+                if (problem := _problem(lambda name=name: _check_member(archive, name)))
             ]
             if PICKLE not in archive.reader:
                 return [*problems, f"{archive.source}: no member {PICKLE!r}"]
@@ -255,6 +255,12 @@ def verify(src: Source, *, storage_options: dict[str, Any] | None = None) -> lis
             return problems
     except ArchiveError as exc:
         return [str(exc)]
+
+
+def _check_member(archive: ArchiveSource, name: str) -> None:
+    array = name not in (PICKLE, MANIFEST)
+    prefix = array and _starts_with_pickle(archive, name)
+    check_member(archive, name, array=array, context_prefix=prefix)
 
 
 def _problem(check: Any) -> str | None:
@@ -298,8 +304,9 @@ def read_arrays(
 ) -> dict[str, np.ndarray]:
     """Arrays by member name, straight from the NPY members (nothing unpickled).
 
-    ``names=None`` reads every array member (those listed in the manifest,
-    or, without one, every member that starts as an NPY stream).
+    ``names=None`` reads every array member: those the manifest lists or,
+    in an archive without one (Theano's), every member but ``pkl``; there a
+    member starting with a pickle is a ``gpuarray`` one (context name first).
     """
     with open_source(src, storage_options) as archive:
         reader = archive.reader
@@ -310,13 +317,16 @@ def read_arrays(
         elif MANIFEST in reader:
             wanted = [entry["name"] for entry in _checked_manifest(archive)["arrays"]]
         else:
-            wanted = [
-                name
-                for name in reader.members
-                if name not in (PICKLE, MANIFEST)
-                and reader.open(name).read(len(MAGIC)) == MAGIC
-            ]
-        return {name: read_npy(archive, name) for name in wanted}
+            wanted = [name for name in reader.members if name != PICKLE]
+        return {
+            name: read_npy(archive, name, context_prefix=_starts_with_pickle(archive, name))
+            for name in wanted
+        }
+
+
+def _starts_with_pickle(archive: ArchiveSource, name: str) -> bool:
+    stream = archive.reader.open(name)
+    return stream.read(min(2, stream.remaining)) == pickle.PROTO + b"\x02"
 
 
 def audit(

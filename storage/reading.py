@@ -143,13 +143,14 @@ def read_npy(archive: ArchiveSource, name: str, *, context_prefix: bool = False)
     return array
 
 
-def check_member(archive: ArchiveSource, name: str) -> None:
-    """Read member ``name`` through, checking its CRC-32 and, if it is an NPY
-    stream, its header against its size."""
+def check_member(archive: ArchiveSource, name: str, *, array: bool, context_prefix: bool) -> None:
+    """Read member ``name`` through, checking its CRC-32 and, for an ``array``
+    member, its NPY header against its size."""
+    where = f"{archive.source}: member {name!r}"
     stream = archive.reader.open(name)
-    head = stream.read(min(len(npy.MAGIC), stream.remaining))
-    if head == npy.MAGIC:
-        _header(stream, head, f"{archive.source}: member {name!r}")
+    head = _skip_context(stream, where) if context_prefix else b""
+    if array:
+        _header(stream, head, where)
     while stream.remaining:
         stream.read(min(READ_BLOCK, stream.remaining))
     stream.finish()
