@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -24,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from . import archive
-from .checkpoints import CheckpointStore
+from .checkpoints import CheckpointStore, step_of
 from .errors import ArchiveError, CheckpointError, CheckpointNotFoundError
 from .fs import resolve, url_of
 from .snapshot import load_snapshot, read_snapshot_manifest, snapshot_from_archive
@@ -144,12 +146,13 @@ def cmd_ls(args: argparse.Namespace) -> None:
             info = store.info(step)
         except ArchiveError as exc:
             rows.append([step, "-", "-", "-", f"DAMAGED: {exc}"])
-            data.append({"step": step, "ok": False, "url": store.url_of(step), "problem": str(exc)})
+            data.append({"step": step, "ok": False, "url": store.url_of(step),
+                         "problems": [str(exc)]})
             continue
         created, age = _when(info.created)
         rows.append([step, _size(info.size), created, age, _summary(info.metadata)])
-        data.append({"step": step, "ok": True, "url": info.url, "size": info.size,
-                     "created": info.created, "metadata": info.metadata})
+        data.append({"step": step, "ok": True, "url": info.url, "problems": [],
+                     "size": info.size, "created": info.created, "metadata": info.metadata})
     if not rows:
         raise CheckpointNotFoundError(f"{args.root}: no checkpoints")
     _emit(args, data, _table(["STEP", "SIZE", "CREATED (UTC)", "AGE", "METADATA"], rows))
@@ -199,7 +202,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
     so = args.storage_options
     if _is_file(args.path, so):
         fs, path = resolve(args.path, so)
-        reports = [{"url": url_of(fs, path), "problems": _verify_file(args.path, so)}]
+        reports = [{"step": step_of(path.rpartition("/")[2]), "url": url_of(fs, path),
+                    "problems": _verify_file(args.path, so)}]
     else:
         store = CheckpointStore(args.path, storage_options=so)
         reports = [asdict(store.verify(step)) for step in store.steps()]
@@ -314,6 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ckpt``; returns the exit status."""
     args = _parser().parse_args(argv)
+    logging.basicConfig(format="ckpt: warning: %(message)s", level=logging.WARNING)
     try:
         args.storage_options = _options(args.storage_options)
         args.func(args)
@@ -321,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of our output is gone (``ckpt ls | head``)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         if args.debug:
             raise

@@ -27,7 +27,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import archive, npy
+from .checkpoints import step_of
 from .errors import ArchiveError, ChecksumError, MissingMemberError
 from .fs import atomic_write, resolve, url_of
 from .reading import ArchiveSource, open_source, read_npy
@@ -52,7 +52,6 @@ __all__ = [
 FORMAT = "luigi-checkpoint/snapshot"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_STEP_NAME = re.compile(r"step-(\d+)\.zip")
 
 
 def save_snapshot(
@@ -135,7 +134,8 @@ def snapshot_from_archive(
     """Write a snapshot of a checkpoint archive's arrays, without unpickling.
 
     Arrays are read by name straight from the archive's NPY members, so an
-    archive whose pickle references untrusted classes exports fine.
+    archive whose pickle references untrusted classes exports fine. The
+    source step is read from a ``step-<12 digits>.zip`` name (else None).
     ``select`` holds array names or :mod:`fnmatch` patterns (``"model/*"``);
     each must match at least one array. The snapshot's metadata is the
     archive's, updated with ``metadata``. Returns the snapshot's manifest.
@@ -145,12 +145,11 @@ def snapshot_from_archive(
     source_manifest = archive.read_manifest(src, storage_options=storage_options)
     names = _selected(where, [entry["name"] for entry in source_manifest["arrays"]], select)
     arrays = archive.read_arrays(src, names, storage_options=storage_options)
-    step = _STEP_NAME.fullmatch(path.rpartition("/")[2])
     return save_snapshot(
         {name: arrays[name] for name in names},
         dest,
         {**source_manifest.get("metadata", {}), **(metadata or {})},
-        source={"url": where, "step": int(step.group(1)) if step else None},
+        source={"url": where, "step": step_of(path.rpartition("/")[2])},
         storage_options=storage_options,
     )
 
