@@ -92,10 +92,19 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def progress(message: str) -> None:
+    """One line on stderr, so a long run shows where it is."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _row(group: str, name: str, spec: dict[str, Any], nbytes: int, baseline: str | None) -> Row:
     result = _worker({**spec, "group": group, "name": name})
     if "error" in result:
         return Row(group, name, skipped=f"failed: {result['error'][:60]}")
+    progress(
+        f"{group} / {name}: times {', '.join(f'{t:.3f}' for t in result['times'])} s, "
+        f"peak extra {result['peak_extra_bytes'] / MiB:.0f} MiB"
+    )
     note = "in-process peak" if spec["in_process"] else ""
     note = note if result["peak_exact"] else "peak = ru_maxrss"
     return Row(
@@ -165,12 +174,14 @@ def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
 
     ours = unavailable(("storage.checkpoints",))
     rows = []
-    with s3.s3_server() as options:
+    with s3.s3_server() as server:
         if "s3" in wanted:
             layout = make_layout(args.s3_size_mb * MiB, args.arrays)
             state = make_state(layout, seed=1)
             raw = os.path.join(folder, "s3-state.bin")
             write_raw(state, raw)
+            progress(f"S3 transfers of {layout.nbytes / MiB:.0f} MiB")
+            options = server.storage_options
             times = s3.transfer_cases(options, state, raw, args.repeats, ours=ours is None)
             for name, baseline in s3.TRANSFERS:
                 if name in times:
@@ -180,7 +191,8 @@ def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
         if "latest" in wanted and ours:
             rows.append(Row("S3 list", "ours latest_step()", skipped=f"n/a ({ours})"))
         elif "latest" in wanted:
-            found = s3.latest_step_case(options, args.s3_archives, args.repeats)
+            progress(f"latest_step() over {args.s3_archives} archives")
+            found = s3.latest_step_case(server, args.s3_archives, args.repeats)
             for name, result in found.items():
                 baseline = None if name == "one plain listing" else "one plain listing"
                 note = f"{result['requests']:.0f} requests, {result['archive_reads']:.0f} archive reads"
