@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from storage import archive
 from storage.errors import (
@@ -312,3 +315,23 @@ def test_export_metadata_extends_the_archive_metadata(tmp_path: Any) -> None:
     manifest = snapshot_from_archive(src, str(tmp_path / "s.zip"), metadata={"note": "nightly"})
     assert manifest["metadata"]["loss"] == 0.5
     assert manifest["metadata"]["note"] == "nightly"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays=st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_]{0,6}(/[a-z0-9_]{1,6}){0,2}", fullmatch=True),
+        hnp.arrays(
+            dtype=st.one_of(hnp.scalar_dtypes(), hnp.byte_string_dtypes(), hnp.unicode_string_dtypes()),
+            shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+        ).map(lambda a: a.T if a.ndim > 1 else a),
+        max_size=4,
+    )
+)
+def test_any_plain_dtype_and_layout_round_trips(arrays: dict[str, np.ndarray]) -> None:
+    save_snapshot(arrays, "memory://prop/snap.zip")
+    got = load_snapshot("memory://prop/snap.zip")
+    assert list(got) == list(arrays)
+    for name, a in arrays.items():
+        assert got[name].dtype == a.dtype and got[name].shape == a.shape
+        assert got[name].tobytes() == a.tobytes(), name  # bit-exact, NaNs included
