@@ -33,6 +33,8 @@ from storage.trust import (
     restricted_unpickler,
 )
 
+from .helpers_archive import assert_same
+
 PROTOCOLS = [0, 2, 4, 5]
 
 
@@ -93,15 +95,13 @@ def _state() -> dict[str, Any]:
         "strings": [np.array(["ab", "c"], dtype="U3"),
                     np.array(["x", "yz"], dtype=np.dtypes.StringDType())],
         "times": np.array(["2020-01-01", "2021-06-30"], dtype="M8[D]"),
-        "objects": np.array([1, "x", None], dtype=object),
         "scalars": (np.float64(1.5), np.int8(-3), np.complex64(1j), np.bool_(True),
                     np.datetime64("2020-01-01T10:00"), np.str_("s"), np.float16(0.5)),
         "dtypes": [np.dtype("f8"), np.float32, np.dtype([("x", "<u2", (2,))]),
                    type(np.dtype("i4"))],
-        "rngs": {"generator": rng, "legacy": np.random.RandomState(3),
-                 "bitgens": [np.random.MT19937(1), np.random.PCG64DXSM(2), np.random.Philox(3),
-                             np.random.SFC64(4)],
-                 "seed": np.random.SeedSequence(5)},
+        "rngs": [rng, np.random.RandomState(3)] + [
+            np.random.Generator(bits(seed)) for seed, bits in enumerate(
+                [np.random.MT19937, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64])],
         "collections": [collections.OrderedDict(b=1, a=2), collections.deque([1, 2], maxlen=4),
                         collections.Counter("abca"), collections.defaultdict(list, k=[1])],
         "times_py": [datetime.date(2020, 1, 2), datetime.time(3, 4),
@@ -113,33 +113,6 @@ def _state() -> dict[str, Any]:
     }
 
 
-def _assert_same(a: Any, b: Any) -> None:
-    assert type(a) is type(b)
-    if isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert a.tolist() == b.tolist()
-    elif isinstance(a, dict):
-        assert list(a) == list(b)
-        for key in a:
-            _assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_same(x, y)
-    elif isinstance(a, np.random.Generator):
-        assert a.random(4).tolist() == b.random(4).tolist()
-    elif isinstance(a, np.random.RandomState):
-        assert a.random_sample(4).tolist() == b.random_sample(4).tolist()
-    elif isinstance(a, np.random.BitGenerator):
-        assert a.random_raw(4).tolist() == b.random_raw(4).tolist()
-    elif isinstance(a, np.random.SeedSequence):
-        assert a.generate_state(4).tolist() == b.generate_state(4).tolist()
-    else:
-        assert a == b
-        if isinstance(a, (collections.deque, collections.defaultdict)):
-            assert repr(a) == repr(b)
-
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_default_allowlist_loads_training_state(protocol: int) -> None:
     state = _state()
@@ -147,7 +120,17 @@ def test_default_allowlist_loads_training_state(protocol: int) -> None:
     audit = audit_pickle(data)
     assert audit.untrusted == ()
     assert "numpy.dtype" in audit.globals
-    _assert_same(load_pickle(data, source="state.pkl"), _state())
+    assert_same(load_pickle(data, source="state.pkl"), _state())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_object_arrays_bit_generators_and_seed_sequences_load(protocol: int) -> None:
+    objects = np.array([1, "x", None, [2.5]], dtype=object)
+    bits, seeds = np.random.Philox(3), np.random.SeedSequence(5)
+    loaded = load_pickle(pickle.dumps([objects, bits, seeds], protocol=protocol), source="o")
+    assert loaded[0].dtype == object and loaded[0].tolist() == objects.tolist()
+    assert loaded[1].random_raw(3).tolist() == bits.random_raw(3).tolist()
+    assert loaded[2].generate_state(3).tolist() == seeds.generate_state(3).tolist()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
