@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import archive, npy
+from .archive import Source
 from .checkpoints import step_of
 from .errors import ArchiveError, ChecksumError, MissingMemberError
 from .fs import atomic_write, resolve, url_of
@@ -95,9 +96,10 @@ def save_snapshot(
 
 
 def load_snapshot(
-    src: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    src: Source, *, storage_options: dict[str, Any] | None = None
 ) -> dict[str, np.ndarray]:
-    """Read every array of a snapshot, checking each against the manifest.
+    """Read every array of a snapshot (path, URL or open binary file),
+    checking each against the manifest.
 
     Raises :class:`ChecksumError` naming the snapshot and the array when the
     bytes differ from the recorded SHA-256 (or the ZIP CRC), and another
@@ -116,7 +118,7 @@ def load_snapshot(
 
 
 def read_snapshot_manifest(
-    src: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+    src: Source, *, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a snapshot, reading only the ZIP directory and that member."""
     with open_source(src, storage_options) as snapshot:
