@@ -1,4 +1,5 @@
-"""Training states shared by the store tests, and a writer process for them.
+"""Training states shared by the store tests, a writer process for them, and
+an S3 front end whose conditional writes are atomic.
 
 Run as a script, this is one writer process of a concurrency test::
 
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -47,6 +51,40 @@ def assert_same(actual: Any, expected: Any) -> None:
         np.testing.assert_array_equal(actual, expected)
     else:
         assert actual == expected
+
+
+@contextmanager
+def atomic_s3_front_end() -> Iterator[str]:
+    """Serve this process's moto S3 backend one request at a time; yield its URL.
+
+    moto checks ``If-None-Match`` and then writes, without a lock, so two
+    concurrent conditional writes of one key may both succeed; real S3 lets
+    exactly one win. Handling one request at a time gives that atomicity.
+    """
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: dict[str, Any], respond: Callable[..., Any]) -> Iterable[bytes]:
+        with lock:
+            return list(app(environ, respond))
+
+    server = make_server(
+        "127.0.0.1", 0, one_at_a_time, threaded=True, request_handler=MotoRequestHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def _race(store: Any, job: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ from storage.errors import (
     UntrustedTypeError,
 )
 
-from .conftest import Root
-from .helpers_store import assert_same, make_state
+from .conftest import BUCKET, Root, S3Server
+from .helpers_store import assert_same, atomic_s3_front_end, make_state
 
 HELPER = Path(__file__).with_name("helpers_store.py")
-PROCESS_KINDS = pytest.mark.parametrize("root", ["local", "s3"], indirect=True)
+PROCESS_KINDS = pytest.mark.parametrize("shared_root", ["local", "s3"], indirect=True)
 
 
 def open_store(root: Root, **options: Any) -> CheckpointStore:
@@ -258,6 +259,21 @@ def test_restore_falls_back_when_array_data_is_damaged(
     assert not store.verify(2).ok
 
 
+
+def test_a_store_of_damaged_archives_has_no_latest_step(
+    root: Root, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(root, archive_name(1), b"PK\x03\x04 half an archive")
+    put(root, archive_name(2), b"")
+    store = open_store(root)
+    assert store.steps() == [1, 2]
+    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+        assert store.latest_step() is None
+        with pytest.raises(CheckpointNotFoundError, match="no good checkpoint"):
+            store.restore()
+    assert store.url_of(1) in caplog.text and store.url_of(2) in caplog.text
+
+
 # -- retention -----------------------------------------------------------
 
 
@@ -370,7 +386,32 @@ def test_async_saves_run_one_at_a_time_and_are_seen_by_reads(root: Root) -> None
     assert store.steps() == [1, 2]
 
 
+def test_leaving_the_store_waits_for_the_background_save(root: Root) -> None:
+    with open_store(root) as store:
+        store.save(1, make_state(1, size=50_000), block=False)
+    assert open_store(root).steps() == [1]
+    with pytest.raises(StepExistsError), open_store(root) as store:
+        store.save(1, make_state(1), block=False)
+
+
 # -- several processes ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def atomic_s3(s3_server: S3Server) -> Iterator[S3Server]:
+    """A second front end to the moto backend, with atomic conditional writes."""
+    with atomic_s3_front_end() as endpoint_url:
+        yield S3Server(endpoint_url)
+
+
+@pytest.fixture
+def shared_root(request: pytest.FixtureRequest, tmp_path: Path) -> Root:
+    """An empty folder that several processes can share: local disk or S3."""
+    if request.param == "local":
+        return Root("local", os.fspath(tmp_path / "run"))
+    request.getfixturevalue("s3")  # empties the moto backend, creates the bucket
+    server: S3Server = request.getfixturevalue("atomic_s3")
+    return Root("s3", f"s3://{BUCKET}/run", server.storage_options)
 
 
 def start_writers(root: Root, jobs: list[dict[str, Any]]) -> list[subprocess.Popen[str]]:
@@ -401,7 +442,8 @@ def finish(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
 
 
 @PROCESS_KINDS
-def test_two_processes_saving_the_same_step_one_wins(root: Root) -> None:
+def test_two_processes_saving_the_same_step_one_wins(shared_root: Root) -> None:
+    root = shared_root
     jobs = [{"job": "race", "step": 7, "seed": seed, "size": 20_000} for seed in (1, 2)]
     outcomes = finish(start_writers(root, jobs))
     results = [o["result"] for o in outcomes]
@@ -414,12 +456,15 @@ def test_two_processes_saving_the_same_step_one_wins(root: Root) -> None:
 
 
 @pytest.mark.parametrize(
-    ("root", "steps", "keep_every"),
+    ("shared_root", "steps", "keep_every"),
     # S3 runs fewer steps: every save there is about eight requests to moto.
     [("local", 200, 50), ("s3", 40, 10)],
-    indirect=["root"],
+    indirect=["shared_root"],
 )
-def test_two_processes_save_and_prune_concurrently(root: Root, steps: int, keep_every: int) -> None:
+def test_two_processes_save_and_prune_concurrently(
+    shared_root: Root, steps: int, keep_every: int
+) -> None:
+    root = shared_root
     jobs = [{"job": "run", "start": start, "stop": steps, "stride": 2,
              "keep_last": 3, "keep_every": keep_every} for start in (0, 1)]
     reader = open_store(root)
@@ -441,3 +486,4 @@ def test_two_processes_save_and_prune_concurrently(root: Root, steps: int, keep_
     assert reader.steps() == kept
     assert all(reader.verify(step).ok for step in kept)
     assert reader.restore()[0] == steps - 1
+
