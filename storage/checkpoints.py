@@ -12,11 +12,12 @@ Layout and discovery
 The newest good checkpoint
     A checkpoint counts only if its archive passes the cheap check of
     :func:`storage.archive.read_manifest` (end of central directory and
-    manifest, read with range requests). A damaged archive is logged with its
-    URL and skipped; :meth:`CheckpointStore.restore` also falls back when the
-    full load of the newest archive fails with an :class:`ArchiveError`.
-    A file that vanishes while it is being read (another process pruned it)
-    makes the store list again: newer checkpoints exist by then.
+    manifest, read with range requests): ``latest_step()`` reads the newest
+    archives only, until one passes. A damaged archive is logged with its URL
+    and skipped, never loaded; :meth:`CheckpointStore.restore` also falls back
+    when the full load fails with an :class:`ArchiveError`. A file that
+    vanishes while it is being read (another process pruned it) makes the
+    store list again: newer checkpoints exist by then.
 
 Retention
     After each committed save, and on :meth:`CheckpointStore.prune`: keep the
@@ -33,7 +34,8 @@ Asynchronous saves
     ``save(..., block=False)`` pickles the state and copies its arrays in the
     caller's thread (the only stall), then writes in a background thread. One
     save is in flight at a time; every later call of the store first waits for
-    it, and raises its failure (once) instead of doing its own work.
+    it, and raises its failure (once) instead of doing its own work. The
+    thread is not a daemon: the interpreter finishes the write before exiting.
 """
 
 from __future__ import annotations
@@ -238,7 +240,9 @@ class CheckpointStore:
         """Wait for the background save and raise its failure, if any."""
         self._settle()
 
-    def _write(self, step: int, path: str, frozen: Any, meta: dict[str, Any]) -> CheckpointInfo:
+    def _write(
+        self, step: int, path: str, frozen: archive.Frozen, meta: dict[str, Any]
+    ) -> CheckpointInfo:
         with atomic_write(self._fs, path, exclusive=True) as f:
             manifest = archive.write_frozen(frozen, f, metadata=meta)
             size = f.tell()
@@ -250,7 +254,7 @@ class CheckpointStore:
         return info
 
     def _write_in_background(
-        self, step: int, path: str, frozen: Any, meta: dict[str, Any]
+        self, step: int, path: str, frozen: archive.Frozen, meta: dict[str, Any]
     ) -> None:
         try:
             self._result = self._write(step, path, frozen, meta)
