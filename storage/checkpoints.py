@@ -329,11 +329,11 @@ class CheckpointStore:
     def verify(self, step: int) -> VerifyReport:
         """Check every CRC and NPY header of the archive of ``step``."""
         self._settle()
-        path, url = self._path(step), self.url_of(step)
-        self._fs.invalidate_cache(path)
-        if not self._fs.exists(path):
-            raise self._not_found(step)
-        problems = tuple(archive.verify(url, storage_options=self._storage_options))
+        url = self.url_of(step)
+        try:
+            problems = tuple(archive.verify(url, storage_options=self._storage_options))
+        except FileNotFoundError:
+            raise self._not_found(step) from None
         return VerifyReport(step=step, url=url, ok=not problems, problems=problems)
 
     def _not_found(self, step: int) -> CheckpointNotFoundError:
