@@ -87,8 +87,10 @@ def save_snapshot(
         raise TypeError(f"{where}: metadata and source must be JSON-serializable: {exc}") from None
     with atomic_write(fs, path) as f:
         writer = ZipWriter(f)
-        for name, value in arrays.items():
-            manifest["arrays"].append(_write_member(writer, name, _checked_array(where, name, value)))
+        for name in arrays:  # arrays[name] is dropped once written: lazy mappings stream
+            manifest["arrays"].append(
+                _write_member(writer, name, _checked_array(where, name, arrays[name]))
+            )
         text = json.dumps(manifest, indent=1).encode()
         writer.add(MANIFEST, [text], size=len(text))
         writer.close()
@@ -135,8 +137,9 @@ def snapshot_from_archive(
 ) -> dict[str, Any]:
     """Write a snapshot of a checkpoint archive's arrays, without unpickling.
 
-    Arrays are read by name straight from the archive's NPY members, so an
-    archive whose pickle references untrusted classes exports fine. The
+    Arrays are read by name straight from the archive's NPY members, one at a
+    time as they are written, so an archive whose pickle references untrusted
+    classes exports fine and memory holds one array, not the state. The
     source step is read from a ``step-<12 digits>.zip`` name (else None).
     ``select`` holds array names or :mod:`fnmatch` patterns (``"model/*"``);
     each must match at least one array. The snapshot's metadata is the
@@ -146,14 +149,34 @@ def snapshot_from_archive(
     where = url_of(fs, path)
     source_manifest = archive.read_manifest(src, storage_options=storage_options)
     names = _selected(where, [entry["name"] for entry in source_manifest["arrays"]], select)
-    arrays = archive.read_arrays(src, names, storage_options=storage_options)
-    return save_snapshot(
-        {name: arrays[name] for name in names},
-        dest,
-        {**source_manifest.get("metadata", {}), **(metadata or {})},
-        source={"url": where, "step": step_of(path.rpartition("/")[2])},
-        storage_options=storage_options,
-    )
+    with open_source(src, storage_options) as checkpoint:
+        return save_snapshot(
+            _MemberArrays(checkpoint, names),
+            dest,
+            {**source_manifest.get("metadata", {}), **(metadata or {})},
+            source={"url": where, "step": step_of(path.rpartition("/")[2])},
+            storage_options=storage_options,
+        )
+
+
+class _MemberArrays(Mapping[str, np.ndarray]):
+    """Arrays of an open archive, each read from its NPY member when asked for,
+    so that an export holds one array in memory at a time."""
+
+    def __init__(self, checkpoint: ArchiveSource, names: list[str]) -> None:
+        self._checkpoint = checkpoint
+        self._names = names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return read_npy(self._checkpoint, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _selected(where: str, names: list[str], select: str | Iterable[str] | None) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tracemalloc
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -335,3 +336,18 @@ def test_any_plain_dtype_and_layout_round_trips(arrays: dict[str, np.ndarray]) -
     for name, a in arrays.items():
         assert got[name].dtype == a.dtype and got[name].shape == a.shape
         assert got[name].tobytes() == a.tobytes(), name  # bit-exact, NaNs included
+
+
+def test_export_holds_one_array_in_memory_at_a_time(tmp_path: Any) -> None:
+    size = 4 * 2**20
+    state = {f"layer{i}": np.full(size // 8, float(i)) for i in range(6)}
+    src = str(tmp_path / "run" / "step-000000000001.zip")
+    archive.dump(state, src)
+    tracemalloc.start()
+    try:
+        snapshot_from_archive(src, str(tmp_path / "snap.zip"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * size  # reading the whole state first would take 6 arrays
+    assert_same(load_snapshot(str(tmp_path / "snap.zip")), state)
