@@ -46,6 +46,7 @@ def storage_options_parameter() -> luigi.OptionalDictParameter:
     return luigi.OptionalDictParameter(
         default=None,
         significant=False,
+        positional=False,
         visibility=ParameterVisibility.PRIVATE,
         description="fsspec storage options as JSON (default: [checkpoint] storage_options)",
     )

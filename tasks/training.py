@@ -51,24 +51,24 @@ class TrainingTask(luigi.Task):
     """Base class of resumable training tasks; see the module docstring."""
 
     checkpoint_root = luigi.OptionalParameter(
-        default=None, description="folder or URL of the runs (default: [checkpoint] root)"
+        default=None, positional=False, description="folder or URL of the runs (default: [checkpoint] root)"
     )
-    total_steps = luigi.IntParameter(description="number of steps of a complete run")
+    total_steps = luigi.IntParameter(positional=False, description="number of steps of a complete run")
     checkpoint_every = luigi.IntParameter(
-        default=1000, significant=False, description="save every this many steps (0: never by count)"
+        default=1000, significant=False, positional=False, description="save every this many steps (0: never by count)"
     )
     checkpoint_seconds = luigi.FloatParameter(
-        default=600.0, significant=False, description="save when this much wall time passed since the last save (0: never by time)"
+        default=600.0, significant=False, positional=False, description="save when this much wall time passed since the last save (0: never by time)"
     )
-    keep_last = luigi.IntParameter(default=3, significant=False, description="newest checkpoints to keep")
+    keep_last = luigi.IntParameter(default=3, significant=False, positional=False, description="newest checkpoints to keep")
     keep_every = luigi.OptionalIntParameter(
-        default=None, significant=False, description="also keep every step divisible by this"
+        default=None, significant=False, positional=False, description="also keep every step divisible by this"
     )
     async_save = luigi.BoolParameter(
-        default=False, significant=False, description="write checkpoints in a background thread"
+        default=False, significant=False, positional=False, description="write checkpoints in a background thread"
     )
     status_seconds = luigi.FloatParameter(
-        default=5.0, significant=False, description="seconds between progress reports to the scheduler"
+        default=5.0, significant=False, positional=False, description="seconds between progress reports to the scheduler"
     )
     storage_options = storage_options_parameter()
 
