@@ -180,7 +180,7 @@ class _ArchivePickler(pickle.Pickler):
         return self._walk.reduction(obj)
 
     def _unique(self, name: str) -> str:
-        name = name[:MAX_NAME]
+        name = name[:MAX_NAME].rstrip("/")
         candidate, n = name, 1
         while candidate in self._used:
             n += 1

@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import IO
 
+from .crc import running_crc
 from .errors import (
     ArchiveError,
     ArchiveTooLargeError,
@@ -33,7 +34,8 @@ TAIL_SIZE = EOCD_SIZE + 0xFFFF + 20 + 56  # end record, longest comment, ZIP64 r
 CENTRAL_SIZE = 46
 LOCAL_SIZE = 30
 MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest possible expansion
-READ_BLOCK = 4 << 20
+READ_BLOCK = 4 << 20  # compressed bytes read at a time
+OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,17 @@ class MemberStream:
         return self._left
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes (fewer only at the end of the member)."""
-        buffer = bytearray(min(size, self._left))
-        self.readinto(memoryview(buffer))
-        return bytes(buffer)
+        """Up to ``size`` bytes (fewer only at the end of the member).
+
+        Memory grows with the data actually read, never with what a
+        (possibly hostile) directory declares.
+        """
+        parts = []
+        for start in range(0, min(size, self._left), OUTPUT_BLOCK):
+            part = bytearray(min(OUTPUT_BLOCK, size - start, self._left))
+            self.readinto(memoryview(part))
+            parts.append(part)
+        return b"".join(parts)
 
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` completely from the member; :class:`TruncatedArchiveError`
@@ -271,11 +280,15 @@ class MemberStream:
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         if len(view) > self._left:
             raise self._fail(TruncatedArchiveError, f"{len(view)} bytes wanted, {self._left} left")
-        if self._inflater is None:
-            self._read_raw_into(view)
-        else:
-            self._inflate_into(view)
-        self._crc = zlib.crc32(view, self._crc)
+        with running_crc(self._crc) as crc:
+            for start in range(0, len(view), OUTPUT_BLOCK):
+                block = view[start : start + OUTPUT_BLOCK]
+                if self._inflater is None:
+                    self._read_raw_into(block)
+                else:
+                    self._inflate_into(block)
+                crc.update(block)  # overlaps the reading of the next block
+            self._crc = crc.value
         self._left -= len(view)
         return len(view)
 

@@ -18,16 +18,16 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
+
+from .crc import running_crc
 
 __all__ = ["ZipWriter", "WrittenMember"]
 
 ZIP64_LIMIT = 0xFFFFFFFF
 COUNT_LIMIT = 0xFFFF
 WRITE_BLOCK = 16 << 20  # bytes handed to the file per write call
-THREADED_CRC = 1 << 20  # buffers at least this large get their CRC on the helper thread
 ALIGN_RECORD = 0xD935
 FLAG_DESCRIPTOR = 0x08
 FLAG_UTF8 = 0x800
@@ -198,24 +198,13 @@ class ZipWriter:
         self._position += len(view)
 
     def _write_stored(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int]:
-        crc = 0
         written = 0
-        pending: Future[int] | None = None
-        # The pool starts its thread only at the first large chunk.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zip-crc") as pool:
+        with running_crc() as crc:
             for chunk in chunks:
-                if pending is not None:
-                    crc = pending.result()
-                    pending = None
-                if len(chunk) >= THREADED_CRC:
-                    pending = pool.submit(zlib.crc32, chunk, crc)
-                else:
-                    crc = zlib.crc32(chunk, crc)
+                crc.update(chunk)
                 self._write(chunk)
                 written += len(chunk)
-            if pending is not None:
-                crc = pending.result()
-        return crc, written
+            return crc.value, written
 
     def _write_deflated(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int, int]:
         deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)

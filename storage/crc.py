@@ -1,0 +1,50 @@
+"""A running CRC-32 whose large updates run on a helper thread.
+
+``zlib.crc32`` releases the GIL for large buffers, so the CRC of one buffer
+can be computed while the caller writes (or reads the next) buffer: an
+update waits only for the previous buffer's CRC, so at most one buffer is in
+flight and the caller must keep it unchanged until the next update or
+:attr:`RunningCrc.value`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+
+__all__ = ["RunningCrc", "running_crc"]
+
+THREADED = 1 << 20  # buffers at least this large get their CRC on the helper thread
+
+
+class RunningCrc:
+    """CRC-32 of everything passed to :meth:`update`, in order, after ``initial``."""
+
+    def __init__(self, pool: ThreadPoolExecutor, initial: int = 0) -> None:
+        self._pool = pool
+        self._value = initial
+        self._pending: Future[int] | None = None
+
+    def update(self, buffer: bytes | memoryview) -> None:
+        value = self.value
+        if len(buffer) >= THREADED:
+            self._pending = self._pool.submit(zlib.crc32, buffer, value)
+        else:
+            self._value = zlib.crc32(buffer, value)
+
+    @property
+    def value(self) -> int:
+        if self._pending is not None:
+            self._value = self._pending.result()
+            self._pending = None
+        return self._value
+
+
+@contextmanager
+def running_crc(initial: int = 0) -> Iterator[RunningCrc]:
+    """A :class:`RunningCrc` continuing ``initial``, whose helper thread
+    (started at the first large update) ends with the block."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc32") as pool:
+        yield RunningCrc(pool, initial)
