@@ -262,8 +262,10 @@ def _retained(store: CheckpointStore, steps: list[int]) -> set[int]:
 def cmd_prune(args: argparse.Namespace) -> None:
     store = CheckpointStore(args.root, keep_last=args.keep_last, keep_every=args.keep_every,
                             storage_options=args.storage_options)
+    steps = store.steps()
+    if not steps:
+        raise CheckpointNotFoundError(f"{args.root}: no checkpoints to prune")
     if args.dry_run:
-        steps = store.steps()
         removed = [s for s in steps if s not in _retained(store, steps)]
     else:
         removed = store.prune()

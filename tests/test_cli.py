@@ -123,13 +123,16 @@ def test_ls_json_is_machine_readable(local_store: Store) -> None:
     assert entries[2]["size"] > 0
 
 
-def test_python_dash_m_runs_the_command_and_an_empty_folder_is_an_error(tmp_path: Any) -> None:
+@pytest.mark.parametrize("command", [["ls"], ["prune", "--keep-last", "1"]])
+def test_python_dash_m_runs_the_command_and_an_empty_folder_is_an_error(
+    tmp_path: Any, command: list[str]
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "storage.cli", "ls", str(tmp_path)],
+        [sys.executable, "-m", "storage.cli", *command, str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
     assert_one_line_error(result, 1)
-    assert "no checkpoints" in result.stderr
+    assert "no checkpoints" in result.stderr and str(tmp_path) in result.stderr
 
 
 # -- inspect ----------------------------------------------------------------
