@@ -37,7 +37,6 @@ from .conftest import BUCKET, Root, S3Server
 from .helpers_store import assert_same, atomic_s3_front_end, make_state
 
 HELPER = Path(__file__).with_name("helpers_store.py")
-PROCESS_KINDS = pytest.mark.parametrize("shared_root", ["local", "s3"], indirect=True)
 
 
 def open_store(root: Root, **options: Any) -> CheckpointStore:
@@ -456,7 +455,8 @@ def finish(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
     return outcomes
 
 
-@PROCESS_KINDS
+@pytest.mark.slow
+@pytest.mark.parametrize("shared_root", ["local", "s3"], indirect=True)
 def test_two_processes_saving_the_same_step_one_wins(shared_root: Root) -> None:
     root = shared_root
     jobs = [{"job": "race", "step": 7, "seed": seed, "size": 20_000} for seed in (1, 2)]
@@ -470,6 +470,7 @@ def test_two_processes_saving_the_same_step_one_wins(shared_root: Root) -> None:
     assert_same(store.restore(7)[1], make_state(winner, size=20_000))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("shared_root", "steps", "keep_every"),
     # S3 runs fewer steps: every save there is about eight requests to moto.
