@@ -72,7 +72,7 @@ def _options(pairs: Sequence[tuple[list[str], Any]]) -> dict[str, Any]:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise CheckpointError(f"--storage-option {'.'.join(keys)}: {key} is not a dict")
+                raise ValueError(f"--storage-option {'.'.join(keys)}: {key} is not a dict")
         node[keys[-1]] = value
     return options
 
@@ -319,10 +319,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ckpt``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(format="ckpt: warning: %(message)s", level=logging.WARNING)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         args.storage_options = _options(args.storage_options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(format="ckpt: warning: %(message)s", level=logging.WARNING)
+    try:
         args.func(args)
     except _Failed:
         return 1

@@ -297,6 +297,7 @@ def test_prune_keeps_the_newest(store: Store) -> None:
         ["frobnicate"],
         ["prune", "x", "--keep-last", "0"],
         ["ls", "x", "--storage-option", "no-equals-sign"],
+        ["ls", "x", "--storage-option", "a=1", "--storage-option", "a.b=2"],
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
