@@ -72,7 +72,10 @@ def init_state(seed: int, sizes: list[int], samples: int) -> State:
     return {
         "weights": weights,
         "biases": biases,
-        "velocity": {"weights": [np.zeros_like(w) for w in weights], "biases": [np.zeros_like(b) for b in biases]},
+        "velocity": {
+            "weights": [np.zeros_like(w) for w in weights],
+            "biases": [np.zeros_like(b) for b in biases],
+        },
         "rng": rng,
         "order": rng.permutation(samples),
         "position": 0,
@@ -115,7 +118,8 @@ def sgd_step(
         grad_w, grad_b = activations[i].T @ grad, grad.sum(axis=0)
         if i:
             grad = (grad @ weights[i].T) * (activations[i] > 0)
-        for param, vel, g in ((weights[i], velocity["weights"][i], grad_w), (biases[i], velocity["biases"][i], grad_b)):
+        updates = ((weights[i], velocity["weights"][i], grad_w), (biases[i], velocity["biases"][i], grad_b))
+        for param, vel, g in updates:
             vel *= momentum
             vel -= learning_rate * g
             param += vel
@@ -126,9 +130,11 @@ class TrainMLP(TrainingTask):
     """Train the MLP classifier; the output is the final checkpoint."""
 
     total_steps = luigi.IntParameter(default=300, description="number of SGD steps")
-    checkpoint_every = luigi.IntParameter(default=50, significant=False, description="save every this many steps")
+    checkpoint_every = luigi.IntParameter(
+        default=50, significant=False, description="save every this many steps"
+    )
     hidden = luigi.Parameter(default="64,64", description="hidden layer sizes, comma-separated")
-    seed = luigi.IntParameter(default=0, description="seed of the data set, the initialization and the shuffling")
+    seed = luigi.IntParameter(default=0, description="seed of the data, the initialization and the shuffling")
     learning_rate = luigi.FloatParameter(default=0.05)
     momentum = luigi.FloatParameter(default=0.9)
     batch_size = luigi.IntParameter(default=64)
@@ -153,7 +159,8 @@ class TrainMLP(TrainingTask):
         # docstring inherited
         if step == self.fail_at_step and self._first_failure_at(step):
             raise SimulatedFailure(
-                f"{self}: simulated crash at step {step} (fail_at_step); the retry resumes from the last checkpoint"
+                f"{self.run_label()}: simulated crash at step {step} (fail_at_step); "
+                "the retry resumes from the last checkpoint"
             )
         x, y = self.dataset
         return sgd_step(

@@ -25,7 +25,12 @@ from luigi.configuration import get_config
 from luigi.freezing import recursively_unfreeze
 from luigi.parameter import ParameterVisibility
 
-__all__ = ["default_checkpoint_root", "default_export_root", "storage_options_of", "storage_options_parameter"]
+__all__ = [
+    "default_checkpoint_root",
+    "default_export_root",
+    "storage_options_of",
+    "storage_options_parameter",
+]
 
 DEFAULT_CHECKPOINT_ROOT = "./runs"
 DEFAULT_EXPORT_ROOT = "./exports"

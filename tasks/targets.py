@@ -110,7 +110,9 @@ class FsspecTarget(luigi.target.FileSystemTarget):
     compare listings with target paths.
     """
 
-    def __init__(self, url: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.storage_options = dict(storage_options or {})
         fs, self._fs_path = resolve(url, self.storage_options)
         self._fs = FsspecFileSystem(fs)

@@ -47,6 +47,11 @@ class TrainingInterrupted(CheckpointError):
     """Training stopped on a signal after saving a checkpoint of the current step."""
 
 
+def _setting(parameter: type[luigi.Parameter], default: Any, description: str) -> luigi.Parameter:
+    """A parameter that does not change the run (cadence, retention, reporting)."""
+    return parameter(default=default, significant=False, positional=False, description=description)
+
+
 class TrainingTask(luigi.Task):
     """Base class of resumable training tasks; see the module docstring."""
 
@@ -54,22 +59,12 @@ class TrainingTask(luigi.Task):
         default=None, positional=False, description="folder or URL of the runs (default: [checkpoint] root)"
     )
     total_steps = luigi.IntParameter(positional=False, description="number of steps of a complete run")
-    checkpoint_every = luigi.IntParameter(
-        default=1000, significant=False, positional=False, description="save every this many steps (0: never by count)"
-    )
-    checkpoint_seconds = luigi.FloatParameter(
-        default=600.0, significant=False, positional=False, description="save when this much wall time passed since the last save (0: never by time)"
-    )
-    keep_last = luigi.IntParameter(default=3, significant=False, positional=False, description="newest checkpoints to keep")
-    keep_every = luigi.OptionalIntParameter(
-        default=None, significant=False, positional=False, description="also keep every step divisible by this"
-    )
-    async_save = luigi.BoolParameter(
-        default=False, significant=False, positional=False, description="write checkpoints in a background thread"
-    )
-    status_seconds = luigi.FloatParameter(
-        default=5.0, significant=False, positional=False, description="seconds between progress reports to the scheduler"
-    )
+    checkpoint_every = _setting(luigi.IntParameter, 1000, "save every this many steps (0: never)")
+    checkpoint_seconds = _setting(luigi.FloatParameter, 600.0, "save after this much wall time (0: never)")
+    keep_last = _setting(luigi.IntParameter, 3, "newest checkpoints to keep")
+    keep_every = _setting(luigi.OptionalIntParameter, None, "also keep every step divisible by this")
+    async_save = _setting(luigi.BoolParameter, False, "write checkpoints in a background thread")
+    status_seconds = _setting(luigi.FloatParameter, 5.0, "seconds between progress reports")
     storage_options = storage_options_parameter()
 
     trusted_types: ClassVar[tuple[type | str, ...]] = ()
@@ -98,7 +93,8 @@ class TrainingTask(luigi.Task):
         """The run's folder: ``<checkpoint_root>/<task family>/<run id>``."""
         return f"{self.root_url()}/{self.task_family}/{self.run_id()}"
 
-    def _label(self) -> str:
+    def run_label(self) -> str:
+        """``<task family> <run id>``: how log lines name the run."""
         return f"{self.task_family} {self.run_id()}"
 
     def fs_options(self) -> dict[str, Any]:
@@ -125,7 +121,7 @@ class TrainingTask(luigi.Task):
         with PreemptionGuard() as guard:
             start, state = self._resume(store)
             if start >= self.total_steps:
-                logger.info("%s: already at step %d, %s", self._label(), start, store.root_url)
+                logger.info("%s: already at step %d, %s", self.run_label(), start, store.root_url)
                 return
             try:
                 self._train(store, guard, start, state)
@@ -137,9 +133,11 @@ class TrainingTask(luigi.Task):
         try:
             step, state = store.restore(trusted=self.trusted_types)
         except CheckpointNotFoundError:
-            logger.info("%s: starting at step 0 of %d, %s", self._label(), self.total_steps, store.root_url)
+            logger.info("%s: starting at step 0 of %d, %s", self.run_label(), self.total_steps, store.root_url)
             return 0, self.init_state()
-        logger.info("%s: resumed from step %d of %d, %s", self._label(), step, self.total_steps, store.url_of(step))
+        logger.info(
+            "%s: resumed from step %d of %d, %s", self.run_label(), step, self.total_steps, store.url_of(step)
+        )
         return step, state
 
     def _train(self, store: CheckpointStore, guard: PreemptionGuard, start: int, state: Any) -> None:
@@ -154,8 +152,9 @@ class TrainingTask(luigi.Task):
                 progress.saved(step, metrics)
                 guard.stop_worker()
                 raise TrainingInterrupted(
-                    f"{self._label()}: interrupted by {guard.signal_name} after step {step}/{self.total_steps}; "
-                    f"saved checkpoint {store.url_of(step)}, a retry resumes from step {step}"
+                    f"{self.run_label()}: interrupted by {guard.signal_name} after step "
+                    f"{step}/{self.total_steps}; saved checkpoint {store.url_of(step)}, "
+                    f"a retry resumes from step {step}"
                 )
             if progress.checkpoint_due(step):
                 self._save(store, step, state, metrics, block=not self.async_save)
@@ -165,7 +164,7 @@ class TrainingTask(luigi.Task):
         try:
             store.wait()
         except StepExistsError as exc:
-            logger.warning("%s: checkpoint skipped: %s", self._label(), exc)
+            logger.warning("%s: checkpoint skipped: %s", self.run_label(), exc)
         self._save(store, self.total_steps, state, metrics, block=True)
         progress.saved(self.total_steps, metrics)
 
@@ -173,9 +172,9 @@ class TrainingTask(luigi.Task):
         self, store: CheckpointStore, step: int, state: Any, metrics: Mapping[str, float], *, block: bool
     ) -> None:
         metadata = {
-            "task_id": self.task_id,
-            "total_steps": self.total_steps,
             "metrics": {k: float(v) for k, v in metrics.items()},
+            "total_steps": self.total_steps,
+            "task_id": self.task_id,
             "host": socket.gethostname(),
         }
         try:
@@ -185,11 +184,11 @@ class TrainingTask(luigi.Task):
             # arrays), or a damaged leftover holds the name. The final step
             # must exist and be good; a checkpoint on the way may be skipped.
             if step == self.total_steps and store.latest_step() == step:
-                logger.warning("%s: final checkpoint written by another worker: %s", self._label(), exc)
+                logger.warning("%s: final checkpoint written by another worker: %s", self.run_label(), exc)
             elif step == self.total_steps:
                 raise
             else:
-                logger.warning("%s: checkpoint skipped: %s", self._label(), exc)
+                logger.warning("%s: checkpoint skipped: %s", self.run_label(), exc)
 
 
 def _settle(store: CheckpointStore) -> None:
@@ -237,4 +236,4 @@ class _Progress:
             self.task.set_status_message(message)
         if callable(self.task.set_progress_percentage):
             self.task.set_progress_percentage(round(100 * step / self.task.total_steps))
-        logger.debug("%s: %s", self.task._label(), message)
+        logger.debug("%s: %s", self.task.run_label(), message)
