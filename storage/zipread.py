@@ -108,8 +108,8 @@ class ZipReader:
             directory = tail[start : start + directory_size]
         else:
             directory = self.read_at(directory_offset, directory_size)
-        members = self._parse_directory(directory, count, directory_offset)
-        return self._check_layout(members, directory_offset)
+        members, minimum_sizes = self._parse_directory(directory, count, directory_offset)
+        return self._check_layout(members, minimum_sizes, directory_offset)
 
     def _find_end_record(self, tail: bytes, tail_start: int) -> tuple[int, tuple[int, ...]]:
         position = len(tail) - EOCD_SIZE
@@ -145,8 +145,9 @@ class ZipReader:
 
     def _parse_directory(
         self, directory: bytes, count: int, directory_offset: int
-    ) -> list[Member]:
+    ) -> tuple[list[Member], list[int]]:
         members = []
+        minimum_sizes = []  # local header and data, at least
         position = 0
         for _ in range(count):
             fields = struct.unpack_from("<4sHHHHHHLLLHHHHHLL", directory, position)
@@ -177,16 +178,20 @@ class ZipReader:
                 raise self._fail(TruncatedArchiveError, f"member {name!r} extends past the "
                                  f"central directory")
             members.append(Member(name, method, crc, compressed, size, offset, directory_offset))
-        return members
+            minimum_sizes.append(LOCAL_SIZE + name_len + compressed)
+        return members, minimum_sizes
 
-    def _check_layout(self, members: list[Member], directory_offset: int) -> dict[str, Member]:
-        ordered = sorted(members, key=lambda m: m.header_offset)
+    def _check_layout(
+        self, members: list[Member], minimum_sizes: list[int], directory_offset: int
+    ) -> dict[str, Member]:
+        ordered = sorted(zip(members, minimum_sizes), key=lambda pair: pair[0].header_offset)
         result: dict[str, Member] = {}
-        for index, member in enumerate(ordered):
+        for index, (member, minimum) in enumerate(ordered):
             limit = (
-                ordered[index + 1].header_offset if index + 1 < len(ordered) else directory_offset
+                ordered[index + 1][0].header_offset
+                if index + 1 < len(ordered)
+                else directory_offset
             )
-            minimum = LOCAL_SIZE + len(member.name.encode("utf8")) + member.compressed_size
             if member.header_offset + minimum > limit:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r} overlaps the next one")
             if member.name in result:
@@ -198,9 +203,13 @@ class ZipReader:
         """Absolute offset of the member's (compressed) data, from its local header."""
         if member.name not in self._data_offsets:
             header = self.read_at(member.header_offset, LOCAL_SIZE)
-            signature, name_len, extra_len = struct.unpack("<4s22xHH", header)
+            signature, flags, name_len, extra_len = struct.unpack("<4s2xH18xHH", header)
             if signature != b"PK\x03\x04":
                 raise self._fail(NotAnArchiveError, f"member {member.name!r}: bad local header")
+            raw_name = self.read_at(member.header_offset + LOCAL_SIZE, name_len)
+            if raw_name.decode("utf8" if flags & 0x800 else "cp437") != member.name:
+                raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
+                                 f"names {raw_name!r}")
             start = member.header_offset + LOCAL_SIZE + name_len + extra_len
             if start + member.compressed_size > member.limit:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "

@@ -234,3 +234,15 @@ def test_unsupported_compression_methods_are_refused() -> None:
         zf.writestr("b", b"data")
     with pytest.raises(ArchiveError, match="unsupported compression method 12"):
         _reader(buffer.getvalue())
+
+
+def test_a_local_header_naming_another_member_is_refused() -> None:
+    sink = SequentialSink()
+    writer = ZipWriter(sink)
+    writer.add("a", [b"1"], size=1)
+    second = writer.add("b", [b"2"], size=1)
+    writer.close()
+    data = bytearray(sink.value())
+    data[second.header_offset + 30] = ord("c")
+    with pytest.raises(NotAnArchiveError, match="member 'b': local header names b'c'"):
+        _reader(bytes(data)).open("b")
