@@ -31,6 +31,7 @@ from tests.helpers_luigi import (
     CountingTask,
     Counter,
     ForkedBuild,
+    REPO,
     LuigiProcess,
     SlowTrainMLP,
     assert_same_state,
@@ -69,18 +70,15 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
     rnd = random.Random(20261128)
     if kind == "local":
         root, env, options = str(tmp_path / "runs"), {}, {}
-        async_save = "true"
-    else:
+        cfg = write_cfg(tmp_path / "luigi.cfg", {"checkpoint": {"root": root}}, BASE)
+    else:  # the shipped S3 config, endpoint and credentials from the environment
         s3 = request.getfixturevalue("s3")
-        root, env, options = f"s3://{BUCKET}/runs", s3.env, s3.storage_options
-        async_save = "false"
-    cfg = write_cfg(
-        tmp_path / "luigi.cfg",
-        {"checkpoint": {"root": root}, "TrainMLP": {"async_save": async_save, "checkpoint_every": 1}},
-        BASE,
-    )
+        root, options = f"s3://{BUCKET}/runs", s3.storage_options
+        env = {**s3.env, "LUIGI_CHECKPOINT_BUCKET": BUCKET}
+        cfg = REPO / "configs" / "luigi-s3.cfg"
+    attempt_params = {**KILL_PARAMS, "checkpoint_every": 1, "async_save": kind == "local"}
     # Cadence is not significant: the last attempt resumes the same run, saving only the end.
-    last_cfg = write_cfg(tmp_path / "last.cfg", {"checkpoint": {"root": root}}, BASE)
+    last_params = {**KILL_PARAMS, "checkpoint_every": 0}
     task = TrainMLP(checkpoint_root=root, storage_options=options, **KILL_PARAMS)
     store = task.checkpoint_store()
 
@@ -90,7 +88,7 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
     kills = kills_while_writing = 0
     while kills < 10:
         before = store.latest_step()
-        child = ForkedBuild.start(TrainMLP, KILL_PARAMS, cfg=cfg, log=tmp_path / f"attempt-{kills}.log", env=env)
+        child = ForkedBuild.start(TrainMLP, attempt_params, cfg=cfg, log=tmp_path / f"attempt-{kills}.log", env=env)
         wait_for(lambda: not child.alive() or newest() > (before or 0), interval=0.05, what="training to progress")
         assert child.alive(), f"training ended before kill {kills}:\n{child.output()}"
         if kind == "local" and kills % 2 == 0:
@@ -104,7 +102,7 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
         kills += 1
 
     before = store.latest_step()
-    last = ForkedBuild.start(TrainMLP, KILL_PARAMS, cfg=last_cfg, log=tmp_path / "last.log", env=env)
+    last = ForkedBuild.start(TrainMLP, last_params, cfg=cfg, log=tmp_path / "last.log", env=env)
     assert last.wait() == 0, last.output()
     assert resumed_step(last.output()) == before
     if kind == "local":
@@ -251,11 +249,14 @@ def test_a_state_of_user_classes_resumes_only_with_trusted_types(tmp_path: Path)
     assert np.array_equal(final.value, np.full(3, 3.0 + 3 + 4))
 
 
-def test_progress_and_status_messages_reach_the_scheduler(luigid: Any, tmp_path: Path) -> None:
-    cfg = write_cfg(tmp_path / "luigi.cfg", {"checkpoint": {"root": tmp_path / "runs"}}, BASE)
+def test_progress_and_status_messages_reach_the_scheduler(luigid: Any, s3: Any, tmp_path: Path) -> None:
+    # The shipped cluster config: luigid host and the S3 bucket from the environment.
+    env = {**s3.env, "LUIGI_SCHEDULER_HOST": "127.0.0.1", "LUIGI_CHECKPOINT_BUCKET": BUCKET}
     params = {**SMALL_PARAMS, "total_steps": 200, "checkpoint_every": 40, "status_seconds": 0.1, "step_seconds": 0.01}
-    scheduler = ("--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port))
-    proc = LuigiProcess.start("SlowTrainMLP", params, cfg=cfg, log=tmp_path / "worker.log", extra=scheduler)
+    proc = LuigiProcess.start(
+        "SlowTrainMLP", params, cfg=REPO / "configs" / "luigi-cluster.cfg", log=tmp_path / "worker.log",
+        env=env, extra=("--scheduler-port", str(luigid.port)),
+    )
     message = re.compile(r"step (\d+)/200, loss=[\d.e+-]+, accuracy=[\d.e+-]+, checkpoint step (\d+) saved \d+ s ago")
 
     def running_with_checkpoint() -> list[dict[str, Any]]:
