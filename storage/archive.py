@@ -32,7 +32,7 @@ from . import npy, trust
 from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, MissingMemberError
 from .externalize import Frozen, freeze
 from .fs import atomic_write, resolve
-from .npy import ALIGN, MAGIC
+from .npy import ALIGN
 from .reading import ArchiveSource, check_member, open_source, read_npy
 from .zipwrite import ZipWriter
 

@@ -131,7 +131,7 @@ class ZipReader:
 
     def _zip64_end(self, end_offset: int) -> tuple[int, int, int, int]:
         if end_offset < 20:
-            raise self._fail(TruncatedArchiveError, "ZIP64 end of central directory locator missing")
+            raise self._fail(TruncatedArchiveError, "ZIP64 end of directory locator missing")
         locator = struct.unpack("<4sLQL", self.read_at(end_offset - 20, 20))
         if locator[0] != b"PK\x06\x07":
             raise self._fail(NotAnArchiveError, "ZIP64 end of central directory locator missing")
@@ -160,7 +160,7 @@ class ZipReader:
             extra = directory[start + name_len : start + name_len + extra_len]
             position = start + name_len + extra_len + comment_len
             if position > len(directory):
-                raise self._fail(NotAnArchiveError, "central directory entry overruns the directory")
+                raise self._fail(NotAnArchiveError, "central directory entry overruns its end")
             name = raw_name.decode("utf8" if flags & 0x800 else "cp437")
             if flags & 0x1:
                 raise self._fail(ArchiveError, f"member {name!r} is encrypted (unsupported)")

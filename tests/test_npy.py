@@ -110,7 +110,12 @@ def test_shape_must_match_the_member_size() -> None:
 
 @pytest.mark.parametrize(
     "prefix",
-    [b"\x93NUMPZ\x01\x00\x10\x00", b"\x93NUMPY\x04\x00\x10\x00", b"\x93NUM", b"\x93NUMPY\x02\x00\x10\x00"],
+    [
+        b"\x93NUMPZ\x01\x00\x10\x00",
+        b"\x93NUMPY\x04\x00\x10\x00",
+        b"\x93NUM",
+        b"\x93NUMPY\x02\x00\x10\x00",
+    ],
 )
 def test_bad_prefixes_are_refused(prefix: bytes) -> None:
     with pytest.raises(ValueError):

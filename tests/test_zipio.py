@@ -23,7 +23,12 @@ from storage.errors import (
 from storage.zipread import ZipReader
 from storage.zipwrite import ZipWriter
 
-PAYLOADS = {"a/first": random.Random(0).randbytes(3000), "b": b"x" * 100_000, "\u00e9t\u00e9": b"", "pkl": b"end"}
+PAYLOADS = {
+    "a/first": random.Random(0).randbytes(3000),
+    "b": b"x" * 100_000,
+    "\u00e9t\u00e9": b"",
+    "pkl": b"end",
+}
 
 
 class SequentialSink:
@@ -85,7 +90,9 @@ def test_reader_round_trips_the_writer(compression: str, force_zip64: bool) -> N
 def test_stored_member_data_is_64_byte_aligned_and_sits_where_reported() -> None:
     sink = SequentialSink()
     writer = ZipWriter(sink)
-    written = [writer.add(name, [data], size=len(data), align=64) for name, data in PAYLOADS.items()]
+    written = [
+        writer.add(name, [data], size=len(data), align=64) for name, data in PAYLOADS.items()
+    ]
     writer.close()
     data = sink.value()
     reader = _reader(data)
