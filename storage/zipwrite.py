@@ -193,8 +193,11 @@ class ZipWriter:
 
     def _write(self, data: memoryview | bytes) -> None:
         view = memoryview(data).cast("B")
-        for start in range(0, len(view), WRITE_BLOCK):
-            self._file.write(view[start : start + WRITE_BLOCK])
+        start = 0
+        while start < len(view):
+            block = view[start : start + WRITE_BLOCK]
+            count = self._file.write(block)
+            start += len(block) if count is None else count  # raw files may write less
         self._position += len(view)
 
     def _write_stored(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int]:

@@ -253,3 +253,18 @@ def test_a_local_header_naming_another_member_is_refused() -> None:
     data[second.header_offset + 30] = ord("c")
     with pytest.raises(NotAnArchiveError, match="member 'b': local header names b'c'"):
         _reader(bytes(data)).open("b")
+
+
+def test_raw_files_writing_fewer_bytes_than_asked_get_the_rest(tmp_path: Any) -> None:
+    path = tmp_path / "raw.zip"
+    with open(path, "wb", buffering=0) as raw:
+
+        class Trickle:
+            def write(self, data: Any) -> int:
+                return raw.write(memoryview(data)[:1000])
+
+        writer = ZipWriter(Trickle())
+        writer.add("b", [PAYLOADS["b"]], size=len(PAYLOADS["b"]))
+        writer.close()
+    with zipfile.ZipFile(path) as zf:
+        assert zf.read("b") == PAYLOADS["b"]
