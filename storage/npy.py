@@ -154,16 +154,30 @@ def _check_literal(literal: object) -> tuple[np.dtype, tuple[int, ...], bool]:
 def array_chunks(array: np.ndarray) -> Iterator[memoryview]:
     """The data of ``array`` as byte buffers, in the order its header declares.
 
-    Contiguous arrays yield one view of their own memory (no copy);
-    other arrays are copied in bounded chunks along their first axis.
+    Contiguous arrays yield one view of their own memory (no copy); other
+    arrays are copied in chunks of at most :data:`COPY_CHUNK` bytes (or one
+    item, if larger).
     """
     if array.nbytes == 0:
         return
     if array.flags.c_contiguous or array.flags.f_contiguous:
         source = array.T if writable_layout(array) else array
-        yield memoryview(np.ascontiguousarray(source).reshape(-1).view(np.uint8))
+        yield _bytes(source)
         return
-    rows = max(1, COPY_CHUNK // max(1, array[0].nbytes))
+    yield from _copied_chunks(array)
+
+
+def _copied_chunks(array: np.ndarray) -> Iterator[memoryview]:
+    row = array[0].nbytes
+    if array.ndim > 1 and row > COPY_CHUNK:
+        for sub in array:
+            yield from _copied_chunks(sub)
+        return
+    rows = max(1, COPY_CHUNK // max(1, row))
     for start in range(0, array.shape[0], rows):
-        block = np.ascontiguousarray(array[start : start + rows])
-        yield memoryview(block.reshape(-1).view(np.uint8))
+        yield _bytes(np.ascontiguousarray(array[start : start + rows]))
+
+
+def _bytes(array: np.ndarray) -> memoryview:
+    """The memory of a C-contiguous array as bytes."""
+    return memoryview(array.reshape(-1).view(np.uint8))

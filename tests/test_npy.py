@@ -58,8 +58,11 @@ def test_contiguous_arrays_yield_their_own_memory() -> None:
     assert np.shares_memory(np.frombuffer(chunk, dtype=np.uint8), array)
 
 
-def test_non_contiguous_arrays_are_copied_in_bounded_chunks() -> None:
-    array = np.arange(10 << 20, dtype="<f8").reshape(-1, 8)[:, ::2]  # 40 MiB of data
+@pytest.mark.parametrize(
+    "shape", [(-1, 8), (2, -1)], ids=["many_small_rows", "rows_larger_than_a_chunk"]
+)
+def test_non_contiguous_arrays_are_copied_in_bounded_chunks(shape: tuple[int, int]) -> None:
+    array = np.arange(10 << 20, dtype="<f8").reshape(shape)[:, ::2]  # 40 MiB of data
     chunks = list(npy.array_chunks(array))
     assert len(chunks) >= 3 and all(len(c) <= npy.COPY_CHUNK for c in chunks)
     assert b"".join(bytes(c) for c in chunks) == array.tobytes()
