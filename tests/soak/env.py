@@ -1,0 +1,154 @@
+"""What every campaign runs against: a work folder, an S3 server on loopback,
+and a fork server of worker processes with the library already imported."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import requests
+
+BUCKET = "soak"
+PRELOAD = ["numpy", "s3fs", "luigi", "storage.archive", "storage.checkpoints", "storage.snapshot",
+           "pipeline.mlp", "tests.soak.states"]
+
+
+@dataclass(frozen=True)
+class SoakEnv:
+    """A scratch folder and the endpoint of an S3 server (bucket ``soak`` exists)."""
+
+    workdir: Path
+    endpoint_url: str
+
+    def s3_options(self, endpoint_url: str | None = None, **config: Any) -> dict[str, Any]:
+        """fsspec options for the server (or for a proxy in front of it)."""
+        options: dict[str, Any] = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": endpoint_url or self.endpoint_url, "region_name": "us-east-1"},
+        }
+        if config:
+            options["config_kwargs"] = config
+        return options
+
+    def folder(self, name: str) -> Path:
+        path = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}"
+        path.mkdir(parents=True)
+        return path
+
+    def s3_url(self, name: str) -> str:
+        return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:6]}"
+
+    def s3_client(self) -> Any:
+        from storage.fs import resolve
+
+        fs, _ = resolve(f"s3://{BUCKET}", self.s3_options())
+        return fs
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        """Incomplete multipart uploads under ``s3://soak/<prefix>``."""
+        answer = self.s3_client().call_s3("list_multipart_uploads", Bucket=BUCKET, Prefix=prefix)
+        return list(answer.get("Uploads", []))
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort incomplete uploads (what a bucket lifecycle rule does); their count."""
+        uploads = self.multipart_uploads(prefix)
+        for upload in uploads:
+            try:
+                self.s3_client().call_s3(
+                    "abort_multipart_upload", Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+            except FileNotFoundError:  # completed or aborted since it was listed
+                pass
+        return len(uploads)
+
+
+def create_bucket(env: SoakEnv) -> None:
+    fs = env.s3_client()
+    if not fs.exists(BUCKET):
+        fs.call_s3("create_bucket", Bucket=BUCKET)
+    fs.invalidate_cache()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """A ``moto_server`` process on a free loopback port; yields its endpoint URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited, see {log}")
+            try:
+                requests.get(f"{url}/moto-api/", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not answer on {url}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_context: BaseContext | None = None
+
+
+def workers() -> BaseContext:
+    """A forkserver context whose server has the library imported: a worker
+    starts in milliseconds, so hundreds of kill trials stay cheap."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def _quiet(target: Callable[..., Any], *args: Any) -> None:
+    """Run ``target`` with warnings of the library not logged (they are expected here)."""
+    logging.basicConfig(level=logging.ERROR)
+    target(*args)
+
+
+def start_worker(target: Callable[..., Any], *args: Any) -> multiprocessing.Process:
+    """Start ``target(*args)`` in a worker forked from the fork server."""
+    process = workers().Process(target=_quiet, args=(target, *args), daemon=True)
+    process.start()
+    return process
+
+
+def kill(process: multiprocessing.Process) -> None:
+    """SIGKILL a worker and reap it."""
+    if process.pid is not None and process.exitcode is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.join()
