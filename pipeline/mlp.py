@@ -7,10 +7,13 @@ shuffles the data, so an interrupted and resumed run is bit-exact. Layer sizes
 are configurable (``hidden="512,512"``), so a state can be kilobytes or
 gigabytes.
 
-Run it with Luigi::
+Run it with Luigi (``configs/luigi.cfg``: local scheduler, ./runs, retries)::
 
-    luigi --module pipeline.mlp TrainMLP --local-scheduler
-    luigi --module pipeline.mlp ExportMLP --date 2026-11-28 --local-scheduler
+    export LUIGI_CONFIG_PATH=configs/luigi.cfg
+    luigi --module pipeline.mlp TrainMLP --total-steps 1000 --hidden 256,256
+    luigi --module pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
+    luigi --module pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
+        --of-params '{"total_steps": 1000, "hidden": "256,256"}'
 """
 
 from __future__ import annotations

@@ -149,8 +149,12 @@ def test_sigint_in_process_saves_fails_and_restores_the_previous_handlers(tmp_pa
     before = signal.getsignal(signal.SIGINT)
 
     def interrupt_once_training() -> None:
-        wait_for(lambda: signal.getsignal(signal.SIGINT) is not before, what="the task's handler")
+        def installed() -> bool:
+            return signal.getsignal(signal.SIGINT) is not before
+
+        wait_for(installed, what="the task's handler")
         threading.Event().wait(0.2)
+        assert installed(), "training ended before the interrupt"
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_once_training, daemon=True).start()
