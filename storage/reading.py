@@ -32,6 +32,7 @@ from .zipread import READ_BLOCK, MemberStream, ZipReader
 __all__ = ["ArchiveSource", "check_member", "open_source", "read_npy"]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
+REMOTE_READ = 64 << 20  # one range request of array data (and its temporary copy)
 CONTEXT_PREFIX_MAX = 4096  # a gpuarray member's pickled context name is tiny
 
 
@@ -63,7 +64,7 @@ def open_source(
     local = isinstance(fs, LocalFileSystem)
     options = {} if local else {"block_size": REMOTE_BLOCK, "cache_type": "readahead"}
     with fs.open(path, "rb", **options) as f, _as_archive_errors(source):
-        reader = ZipReader(f, source=source)
+        reader = ZipReader(f, source=source, **({} if local else {"block_size": REMOTE_READ}))
         yield ArchiveSource(reader, source, _map(f) if mmap and local else None)
 
 

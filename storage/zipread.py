@@ -55,11 +55,14 @@ class ZipReader:
     """Parse and validate the directory of the ZIP in ``file``.
 
     ``source`` names the archive in error messages (a URL, path or repr).
+    Stored data is read in reads of ``block_size`` bytes (remote files want
+    few large range requests; the CRC of one block overlaps the next read).
     """
 
-    def __init__(self, file: IO[bytes], *, source: str) -> None:
+    def __init__(self, file: IO[bytes], *, source: str, block_size: int = OUTPUT_BLOCK) -> None:
         self.file = file
         self.source = source
+        self.block_size = block_size
         self._data_offsets: dict[str, int] = {}
         try:
             self.members = self._read_directory()
@@ -289,9 +292,10 @@ class MemberStream:
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         if len(view) > self._left:
             raise self._fail(TruncatedArchiveError, f"{len(view)} bytes wanted, {self._left} left")
+        step = self._reader.block_size if self._inflater is None else OUTPUT_BLOCK
         with running_crc(self._crc) as crc:
-            for start in range(0, len(view), OUTPUT_BLOCK):
-                block = view[start : start + OUTPUT_BLOCK]
+            for start in range(0, len(view), step):
+                block = view[start : start + step]
                 if self._inflater is None:
                     self._read_raw_into(block)
                 else:
