@@ -16,6 +16,7 @@ fresh memory instead.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import pickle
@@ -91,7 +92,10 @@ def write_frozen(
     for name, array in frozen.arrays:
         header = npy.header_bytes(array)
         member = writer.add(
-            name, [header, *npy.array_chunks(array)], size=len(header) + array.nbytes, align=ALIGN
+            name,
+            itertools.chain([header], npy.array_chunks(array)),
+            size=len(header) + array.nbytes,
+            align=ALIGN,
         )
         manifest["arrays"].append(
             {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 import zipfile
 from typing import Any
 
@@ -169,3 +170,27 @@ def test_dump_refuses_unknown_compression_and_unserializable_metadata(tmp_path: 
     with pytest.raises(TypeError):
         archive.dump({}, str(target), metadata={"f": object()})
     assert not list(tmp_path.iterdir())
+
+
+class NullSink:
+    """Counts bytes written and keeps none (a sequential, unseekable destination)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def test_saving_a_strided_view_copies_it_in_bounded_chunks_only() -> None:
+    base = np.ones(16 << 20, dtype="<f8")  # 128 MiB, the saved view holds half of it
+    sink = NullSink()
+    tracemalloc.start()
+    try:
+        archive.dump({"view": base[::2]}, sink)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.size > 64 << 20
+    assert peak < 40 << 20
