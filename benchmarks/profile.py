@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         _profile("dump (open file, no fsync)", save, args.top)
         warm_page_cache(path)
         _profile("load (read into fresh memory)", lambda: load(path), args.top)
+        from storage.checkpoints import CheckpointStore
+
+        store = CheckpointStore(os.path.join(folder, "run"), keep_last=1)
+        store.save(0, state)
+        os.sync()
+        _profile("CheckpointStore.save(block=True), keep_last=1", lambda: store.save(1, state), args.top)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
