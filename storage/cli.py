@@ -106,10 +106,13 @@ def _when(created: datetime | str | None) -> tuple[str, str]:
 
 
 def _summary(metadata: Mapping[str, Any], width: int = 48) -> str:
-    """Scalar metadata as ``key=value`` (the step is shown in its own column)."""
+    """Scalar metadata as ``key=value``, training ``metrics`` first (the step
+    is shown in its own column)."""
+    metrics = metadata.get("metrics")
+    items = [*(metrics.items() if isinstance(metrics, Mapping) else ()), *metadata.items()]
     parts = [
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in metadata.items()
+        for k, v in items
         if k != "step" and isinstance(v, (str, int, float, bool))
     ]
     text = " ".join(parts)
@@ -251,24 +254,13 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"{_size(total)}, from {src}")
 
 
-def _retained(store: CheckpointStore, steps: list[int]) -> set[int]:
-    """The steps :meth:`CheckpointStore.prune` keeps (for ``--dry-run``)."""
-    keep = set(steps[-store.keep_last :]) if store.keep_last else set(steps)
-    keep.update(s for s in steps if store.keep_every and s % store.keep_every == 0)
-    keep.add(store.latest_step())
-    return keep
-
-
 def cmd_prune(args: argparse.Namespace) -> None:
     store = CheckpointStore(args.root, keep_last=args.keep_last, keep_every=args.keep_every,
                             storage_options=args.storage_options)
     steps = store.steps()
     if not steps:
         raise CheckpointNotFoundError(f"{args.root}: no checkpoints to prune")
-    if args.dry_run:
-        removed = [s for s in steps if s not in _retained(store, steps)]
-    else:
-        removed = store.prune()
+    removed = store.prune(dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     kept = [s for s in store.steps() if s not in removed]
     lines = [f"{verb} step {step}" for step in removed]
