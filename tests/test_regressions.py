@@ -1,0 +1,196 @@
+"""Minimal reproductions of what the reliability campaigns (``make soak``) found.
+
+Each test states the behaviour the product promises. While a finding is open
+it is marked ``xfail(strict=True, reason="finding: ...")``: the day the fix
+lands the test passes, strict xfail turns that into a failure, and whoever
+fixed it removes the mark (and the finding from ``tests/test_soak_quick.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import resource
+import signal
+import tracemalloc
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from storage import archive
+from storage.checkpoints import CheckpointStore
+from storage.errors import ArchiveError, CheckpointError, StorageError
+from storage.snapshot import load_snapshot, save_snapshot
+from tests.conftest import BUCKET, S3Server
+from tests.soak.faultproxy import FaultPlan, FaultProxy
+
+SMALL = {"w": np.arange(1000.0), "step": 1}
+
+
+@contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Files written by this process may not grow past ``limit`` bytes (EFBIG, as on a full disk)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a full disk raises a bare OSError (EFBIG/ENOSPC) without the path")
+def test_disk_full_save_raises_a_storage_error_naming_the_archive(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path / "run"), keep_last=None)
+    store.save(1, SMALL)
+    with file_size_limit(100_000), pytest.raises(StorageError, match="step-000000000002.zip"):
+        store.save(2, {"w": np.arange(50_000.0)})
+    assert sorted(os.listdir(tmp_path / "run")) == ["step-000000000001.zip"]
+    assert store.restore()[0] == 1
+
+
+def _through(proxy: FaultProxy, s3: S3Server, **extra: Any) -> dict[str, Any]:
+    """Storage options via the proxy, failing fast: one botocore attempt, short timeouts."""
+    options = {**s3.storage_options, **extra}
+    options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": proxy.url}
+    options["config_kwargs"] = {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 1}
+    return options
+
+
+@pytest.mark.xfail(strict=True, reason="finding: S3 transport failures escape as raw botocore/aiohttp/OSError")
+@pytest.mark.parametrize("fault", ["reset", "http500", "cut"])
+def test_s3_failures_during_save_and_restore_raise_checkpoint_errors(s3: S3Server, fault: str) -> None:
+    root = f"s3://{BUCKET}/faulty"
+    CheckpointStore(root, storage_options=s3.storage_options).save(1, SMALL)
+    with FaultProxy(s3.endpoint_url, FaultPlan({fault: 1.0})) as proxy:
+        store = CheckpointStore(root, storage_options=_through(proxy, s3))
+        with pytest.raises(CheckpointError):
+            store.save(2, SMALL)
+        with pytest.raises(CheckpointError):
+            store.restore()
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a transient read error is taken for a damaged archive; restore silently returns an older step")
+def test_restore_never_falls_back_to_an_older_step_on_a_read_error(s3: S3Server) -> None:
+    root = f"s3://{BUCKET}/stale"
+    big = {"w": np.arange(400_000.0), "step": 2}  # 3.2 MB: arrays are read by separate range requests
+    direct = CheckpointStore(root, keep_last=None, storage_options=s3.storage_options)
+    direct.save(1, SMALL)
+    direct.save(2, big)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        CheckpointStore(root, storage_options=_through(proxy, s3)).restore()
+        # The last request of a restore reads the array data: cut it often
+        # enough to exhaust the retries, then let everything through.
+        proxy.set_plan(FaultPlan({"cut": 1.0}, skip=proxy.requests - 1, max_faults=6))
+        store = CheckpointStore(root, storage_options=_through(proxy, s3, skip_instance_cache=True))
+        try:
+            outcome: object = store.restore()[0]
+        except Exception as exc:  # noqa: BLE001 - an error (raw or not) is not this finding
+            outcome = exc
+    assert outcome != 1, "restore returned step 1 although step 2 is committed and whole"
+
+
+@pytest.mark.xfail(strict=True, reason="finding: uploads created by retried CreateMultipartUpload calls stay behind after a failed save")
+def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> None:
+    root = f"s3://{BUCKET}/uploads"
+    # Every POST (create and complete of the multipart upload) reaches the server,
+    # but its answer is lost: the client retries and finally gives up.
+    with FaultProxy(s3.endpoint_url, FaultPlan({"reset_after": 1.0}, methods=frozenset({"POST"}))) as proxy:
+        options = _through(proxy, s3, default_block_size=5 << 20)
+        options["config_kwargs"]["retries"] = {"max_attempts": 3}
+        store = CheckpointStore(root, storage_options=options)
+        with pytest.raises(Exception):  # noqa: B017 - which error is the other finding
+            store.save(1, {"w": np.arange(800_000.0)})  # 6.4 MB: a multipart upload of 5 MB parts
+    fs = CheckpointStore(root, storage_options=s3.storage_options)._fs
+    uploads = fs.call_s3("list_multipart_uploads", Bucket=BUCKET, Prefix="uploads/").get("Uploads", [])
+    assert uploads == []
+
+
+def _replace_member(data: bytes, name: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, content if info.filename == name else src.read(info))
+    return out.getvalue()
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a deeply nested manifest.json raises RecursionError")
+def test_deeply_nested_archive_manifest_is_an_archive_error() -> None:
+    out = io.BytesIO()
+    archive.dump(SMALL, out)
+    hostile = _replace_member(out.getvalue(), "manifest.json", DEEP_JSON)
+    with pytest.raises(ArchiveError):
+        archive.read_manifest(io.BytesIO(hostile))
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a deeply nested snapshot manifest.json raises RecursionError")
+def test_deeply_nested_snapshot_manifest_is_an_archive_error(tmp_path: Path) -> None:
+    save_snapshot({"w": np.arange(3.0)}, str(tmp_path / "s.zip"))
+    hostile = _replace_member((tmp_path / "s.zip").read_bytes(), "manifest.json", DEEP_JSON)
+    with pytest.raises(ArchiveError):
+        load_snapshot(io.BytesIO(hostile))
+
+
+def _pickled_archive(pickle_bytes: bytes) -> bytes:
+    out = io.BytesIO()
+    archive.dump({}, out)
+    return _replace_member(out.getvalue(), "pkl", pickle_bytes)
+
+
+GIGABYTE = b"\x8a\x08" + (10**9).to_bytes(8, "little")  # LONG1 10**9
+
+
+@pytest.mark.xfail(strict=True, reason="finding: trusted constructors allocate whatever size a pickle asks for")
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"\x80\x02c__builtin__\nbytes\n" + GIGABYTE + b"\x85R.",
+        b"\x80\x02c__builtin__\nbytearray\n" + GIGABYTE + b"\x85R.",
+        b"\x80\x02cnumpy\nndarray\n" + GIGABYTE + b"\x85\x81.",
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + GIGABYTE + b"\x85C\x01b\x87R.",
+    ],
+    ids=["bytes", "bytearray", "ndarray.__new__", "_reconstruct"],
+)
+def test_a_60_byte_pickle_cannot_allocate_a_gigabyte(stream: bytes) -> None:
+    data = _pickled_archive(stream)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError):
+            archive.load(io.BytesIO(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+@pytest.mark.xfail(strict=True, reason="finding: temp files of a killed local save stay for TEMP_MAX_AGE (1 h); the next save does not remove them")
+def test_next_save_removes_the_temp_file_of_a_killed_writer(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    store = CheckpointStore(str(root))
+    store.save(1, SMALL)
+    pid = os.fork()
+    if pid == 0:  # the writer: killed by its own SIGKILL in the middle of writing step 2
+        try:
+            with open(os.devnull, "wb"):
+                from storage.fs import atomic_write, resolve
+
+                fs, path = resolve(str(root / "step-000000000002.zip"))
+                with atomic_write(fs, path, exclusive=True) as f:
+                    f.write(b"half an archive")
+                    f.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    assert any(name.endswith(".partial") for name in os.listdir(root))
+    store.save(3, SMALL)
+    assert not any(name.endswith(".partial") for name in os.listdir(root))
