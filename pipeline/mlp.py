@@ -14,12 +14,20 @@ Run it with Luigi (``configs/luigi.cfg``: local scheduler, ./runs, retries)::
     luigi --module pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
     luigi --module pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
         --of-params '{"total_steps": 1000, "hidden": "256,256"}'
+
+A hyperparameter sweep (one run and one export per grid point; with a central
+scheduler, ``configs/luigi-cluster.cfg``, many workers share the runs)::
+
+    luigi --module pipeline.mlp Sweep --date 2026-11-28 --total-steps 1000 \
+        --learning-rates '[0.01, 0.05]' --seeds '[0, 1]' --hiddens '["64,64"]'
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import time
 from typing import Any
 
 import luigi
@@ -30,7 +38,7 @@ from storage.fs import atomic_write, resolve
 from tasks.export import ExportSnapshot
 from tasks.training import TrainingTask
 
-__all__ = ["ExportMLP", "SimulatedFailure", "TrainMLP", "init_state", "make_dataset", "sgd_step"]
+__all__ = ["ExportMLP", "SimulatedFailure", "Sweep", "TrainMLP", "init_state", "make_dataset", "sgd_step"]
 
 logger = logging.getLogger("luigi-interface.checkpoint")
 
@@ -147,6 +155,9 @@ class TrainMLP(TrainingTask):
     fail_at_step = luigi.OptionalIntParameter(
         default=None, significant=False, description="demo only: crash once at this step"
     )
+    step_delay = luigi.FloatParameter(
+        default=0.0, significant=False, description="demo/tests only: sleep this many seconds in every step"
+    )
 
     @functools.cached_property
     def dataset(self) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +176,8 @@ class TrainMLP(TrainingTask):
                 f"{self.run_label()}: simulated crash at step {step} (fail_at_step); "
                 "the retry resumes from the last checkpoint"
             )
+        if self.step_delay > 0:
+            time.sleep(self.step_delay)
         x, y = self.dataset
         return sgd_step(
             state, x, y, batch_size=self.batch_size, learning_rate=self.learning_rate, momentum=self.momentum
@@ -192,3 +205,53 @@ class ExportMLP(ExportSnapshot):
     def training_task(self) -> TrainMLP:
         # docstring inherited
         return self.clone(TrainMLP)
+
+
+_GRID = {"learning_rate": "learning_rates", "seed": "seeds", "hidden": "hiddens"}
+
+
+def _inherits_but_grid(cls: type[luigi.Task]) -> type[luigi.Task]:
+    """Give ``cls`` every :class:`TrainMLP` parameter except those the grid sets."""
+    for name, parameter in TrainMLP.get_params():
+        if name not in _GRID and not hasattr(cls, name):
+            setattr(cls, name, parameter)
+    return cls
+
+
+@_inherits_but_grid
+class Sweep(luigi.WrapperTask):
+    """A grid of :class:`TrainMLP` runs and a dated :class:`ExportMLP` of each final model.
+
+    The grid is the product of ``learning_rates``, ``seeds`` and ``hiddens``
+    (JSON lists on the command line); every other :class:`TrainMLP` parameter
+    is shared by all runs. Each run checkpoints to the configured root, so
+    with a central scheduler any worker can take any run, and a run whose
+    worker died resumes elsewhere from its newest checkpoint.
+    """
+
+    date = luigi.DateParameter(description="day of the exports (names their folders)")
+    learning_rates = luigi.ListParameter(default=(0.05,), description="learning rates of the grid")
+    seeds = luigi.ListParameter(default=(0,), description="seeds of the grid")
+    hiddens = luigi.ListParameter(default=("64,64",), description="hidden layer sizes of the grid, e.g. [\"64,64\"]")
+    export_root = luigi.OptionalParameter(
+        default=None, description="folder or URL of the snapshots (default: [export] root)"
+    )
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The varied parameters of each run, in a stable order."""
+        points = itertools.product(self.learning_rates, self.seeds, self.hiddens)
+        return [
+            {"learning_rate": float(rate), "seed": int(seed), "hidden": str(hidden)} for rate, seed, hidden in points
+        ]
+
+    def runs(self) -> list[TrainMLP]:
+        """One :class:`TrainMLP` per grid point."""
+        return [self.clone(TrainMLP, **point) for point in self.grid()]
+
+    def exports(self) -> list[ExportMLP]:
+        """One :class:`ExportMLP` of each run's final model for ``date``."""
+        return [self.clone(ExportMLP, after_training=True, **point) for point in self.grid()]
+
+    def requires(self) -> list[luigi.Task]:
+        # docstring inherited
+        return [*self.runs(), *self.exports()]

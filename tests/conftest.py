@@ -135,27 +135,29 @@ def free_port() -> int:
 class Luigid:
     """A real ``luigid`` central scheduler on 127.0.0.1 with its own state file."""
 
-    def __init__(self, folder: Path) -> None:
+    DEFAULT_CONFIG = "[scheduler]\nretry_delay = 1\nworker_disconnect_delay = 5\n"
+
+    def __init__(self, folder: Path, config: str = DEFAULT_CONFIG) -> None:
         self.folder = folder
+        self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_path = folder / "luigid-state.pickle"
-        self.log_path = folder / "luigid.log"
+        self.log_path = folder / "luigid.log"  # stdout and stderr
+        self.logdir = folder / "logs"  # luigid's own log: luigi-server.log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         luigid = Path(sys.executable).with_name("luigid")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.logdir.mkdir(parents=True, exist_ok=True)
         # The scheduler reads its settings from LUIGI_CONFIG_PATH: keep it empty
         # so a developer's config cannot leak in; state_path comes from the CLI.
         env = {**os.environ, "LUIGI_CONFIG_PATH": str(self.folder / "luigid.cfg")}
-        (self.folder / "luigid.cfg").write_text(
-            "[scheduler]\nretry_delay = 1\nworker_disconnect_delay = 5\n"
-        )
+        (self.folder / "luigid.cfg").write_text(self.config)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(luigid), "--address", "127.0.0.1", "--port", str(self.port),
-                 "--state-path", str(self.state_path)],
+                 "--state-path", str(self.state_path), "--logdir", str(self.logdir)],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         deadline = time.monotonic() + 30
