@@ -24,9 +24,10 @@ Retention
     newest ``keep_last`` archives by step (damaged or not) and every step that
     is a multiple of ``keep_every``, and never delete the newest good archive.
     Files already deleted by a concurrent prune are not an error. Temp files
-    of interrupted local writes (``.step-<12 digits>.zip.<hex>.partial``) are
-    deleted once they have not been modified for ``TEMP_MAX_AGE`` seconds, so a
-    write in progress in another process is never touched. On object stores an
+    of interrupted writes (``.step-<12 digits>.zip.<hex>.partial``) are deleted
+    once :func:`storage.fs.is_abandoned_temp` says no writer holds them (a live
+    local writer keeps a lock on its temp file), so a write in progress in
+    another process is never touched. On object stores an
     interrupted upload leaves no visible object (abort incomplete multipart
     uploads with a bucket lifecycle rule).
 
@@ -54,11 +55,10 @@ from typing import Any, TypeVar
 
 from . import archive
 from .errors import ArchiveError, CheckpointNotFoundError
-from .fs import atomic_write, fresh_listing, is_temp_name, resolve, url_of
+from .fs import atomic_write, fresh_listing, is_abandoned_temp, is_temp_name, resolve, url_of
 
 __all__ = [
     "MAX_STEP",
-    "TEMP_MAX_AGE",
     "ArrayInfo",
     "CheckpointInfo",
     "CheckpointStore",
@@ -70,7 +70,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_STEP = 10**12 - 1
-TEMP_MAX_AGE = 3600.0
 _STEP_DIGITS = 12
 _ARCHIVE_NAME = re.compile(r"step-(\d{12})\.zip")
 _RELISTS = 5
@@ -345,7 +344,6 @@ class CheckpointStore:
     def _scan(self) -> _Listing:
         steps: list[int] = []
         stale: list[str] = []
-        now = time.time()
         for entry in fresh_listing(self._fs, self._root):
             if entry.get("type") != "file":
                 continue
@@ -353,7 +351,7 @@ class CheckpointStore:
             step = step_of(name)
             if step is not None:
                 steps.append(step)
-            elif _is_own_temp(name) and now - _modified(entry, now) > TEMP_MAX_AGE:
+            elif _is_own_temp(name) and is_abandoned_temp(self._fs, entry):
                 stale.append(entry["name"])
         return _Listing(sorted(steps), stale)
 
@@ -448,13 +446,6 @@ class CheckpointStore:
 def _is_own_temp(name: str) -> bool:
     """Whether ``name`` is an atomic-write temp of a checkpoint archive."""
     return is_temp_name(name) and step_of(name[1:].rsplit(".", 2)[0]) is not None
-
-
-def _modified(entry: dict[str, Any], default: float) -> float:
-    stamp = entry.get("mtime", entry.get("created", entry.get("LastModified")))
-    if isinstance(stamp, datetime):
-        return stamp.timestamp()
-    return float(stamp) if stamp is not None else default
 
 
 def _utc(stamp: str) -> datetime:

@@ -17,21 +17,48 @@ Three ways to publish an object whole or not at all, one per kind of store:
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from .errors import StepExistsError, StorageError
+from .errors import CheckpointError, StepExistsError, StorageError
 
-__all__ = ["atomic_write", "fresh_listing", "is_temp_name", "resolve", "url_of"]
+__all__ = [
+    "atomic_write",
+    "fresh_listing",
+    "is_abandoned_temp",
+    "is_temp_name",
+    "resolve",
+    "storage_errors",
+    "url_of",
+]
+
+logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".partial"
+TEMP_GRACE = 10.0
+"""Seconds a local temp file is left alone even when unlocked (its writer may
+have created it but not yet locked it)."""
+TEMP_MAX_AGE = 3600.0
+"""Seconds after which a temp file on a store without locks counts as abandoned."""
+
+# Transport failures of the backends, by module; only those already imported
+# can have been raised, so nothing is imported to check for them.
+_TRANSPORT_ERRORS = {
+    "botocore.exceptions": ("BotoCoreError", "ClientError"),
+    "aiohttp": ("ClientError",),
+}
 
 
 def resolve(
@@ -59,12 +86,66 @@ def fresh_listing(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
     A folder that does not exist lists as empty (object stores have no folders).
     """
     fs.invalidate_cache(path)
+    with storage_errors(url_of(fs, path)):
+        try:
+            return fs.ls(path, detail=True, refresh=True)
+        except TypeError:  # implementations whose ls() takes no ``refresh``
+            return fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    for module, names in _TRANSPORT_ERRORS.items():
+        if module in sys.modules:
+            errors += [getattr(sys.modules[module], name) for name in names]
+    return tuple(errors)
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Raise transport failures (OSError, botocore, aiohttp) as :class:`StorageError`
+    naming ``url``. Not-found and exists errors and our own errors pass unchanged."""
     try:
-        return fs.ls(path, detail=True, refresh=True)
-    except TypeError:  # implementations whose ls() takes no ``refresh``
-        return fs.ls(path, detail=True)
+        yield
+    except (CheckpointError, FileNotFoundError, FileExistsError):
+        raise
+    except _transport_errors() as exc:
+        raise StorageError(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+def is_abandoned_temp(fs: AbstractFileSystem, entry: dict[str, Any]) -> bool:
+    """Whether a listed temp file of :func:`atomic_write` has no live writer.
+
+    Local writers hold an exclusive ``flock`` on their temp file until they
+    finish, and the kernel drops it when a writer dies: an unlocked temp file
+    older than :data:`TEMP_GRACE` is abandoned. Elsewhere only age tells
+    (:data:`TEMP_MAX_AGE`).
+    """
+    name = entry["name"].rstrip("/").rpartition("/")[2]
+    if not is_temp_name(name):
+        return False
+    age = time.time() - _modified(entry)
+    if not isinstance(fs, LocalFileSystem):
+        return age > TEMP_MAX_AGE
+    if age <= TEMP_GRACE:
+        return False
+    try:
+        with open(entry["name"], "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
     except FileNotFoundError:
-        return []
+        return False
+    return True
+
+
+def _modified(entry: dict[str, Any]) -> float:
+    stamp = entry.get("mtime", entry.get("created", entry.get("LastModified")))
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    return float(stamp) if stamp is not None else time.time()
 
 
 def _temp_sibling(path: str) -> str:
@@ -88,7 +169,7 @@ def atomic_write(
         writer = _local_atomic_write(path, exclusive)
     else:
         writer = _remote_atomic_write(fs, path, exclusive)
-    with writer as f:
+    with storage_errors(url_of(fs, path)), writer as f:
         yield f
 
 
@@ -104,6 +185,7 @@ def _local_atomic_write(path: str, exclusive: bool) -> Iterator[IO[bytes]]:
     temp = _temp_sibling(path)
     try:
         with open(temp, "xb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the writer dies
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -148,18 +230,53 @@ def _remote_atomic_write(
     f = fs.open(temp, "wb", autocommit=False)
     if isinstance(f, AbstractBufferedFile):
         _drop(f)
+        before = _uploads_of(fs, path)
         upload = fs.open(path, "xb" if exclusive else "wb", autocommit=False)
-        with _uploading(fs, path, upload) as out:
-            yield out
+        try:
+            with _uploading(fs, path, upload) as out:
+                yield out
+        except BaseException:
+            _abort_stray_uploads(fs, path, before)
+            raise
     else:
         with _moved_into_place(fs, temp, f, path, exclusive) as out:
             yield out
+
+
+def _uploads_of(fs: AbstractFileSystem, path: str) -> set[str] | None:
+    """Ids of the S3 multipart uploads in progress for ``path`` (None elsewhere)."""
+    call_s3 = getattr(fs, "call_s3", None)
+    if call_s3 is None:
+        return None
+    bucket, _, key = path.partition("/")
+    listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+    return {u["UploadId"] for u in listing.get("Uploads", []) if u["Key"] == key}
+
+
+def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | None) -> None:
+    """Abort the S3 multipart uploads of ``path`` that this write began.
+
+    A ``CreateMultipartUpload`` whose answer was lost and retried leaves an
+    upload the file object never heard of; it would linger (and be billed).
+    Uploads that existed before the write (another writer's) are left alone.
+    """
+    if before is None:
+        return
+    bucket, _, key = path.partition("/")
+    try:
+        for upload_id in _uploads_of(fs, path) or set():
+            if upload_id not in before:
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+    except Exception as exc:  # the write's own failure is the one to raise
+        logger.warning("%s: could not abort incomplete uploads: %s", url_of(fs, path), exc)
 
 
 def _drop(f: AbstractBufferedFile) -> None:
     """Abort an uncommitted upload; closed, so that ``__del__`` sends nothing."""
     try:
         f.discard()
+    except Exception as exc:  # the write's own failure is the one to raise
+        logger.warning("%s: could not abort the upload: %s", f.path, exc)
     finally:
         f.closed = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -20,12 +21,12 @@ import pytest
 from storage import archive
 from storage.checkpoints import (
     MAX_STEP,
-    TEMP_MAX_AGE,
     ArrayInfo,
     CheckpointStore,
     archive_name,
     step_of,
 )
+from storage.fs import TEMP_GRACE
 from storage.errors import (
     ArchiveError,
     CheckpointNotFoundError,
@@ -332,20 +333,23 @@ def test_prune_never_deletes_the_newest_good_archive(root: Root) -> None:
     assert_same(state, make_state(4))
 
 
-def test_prune_deletes_only_stale_temp_files(tmp_path: Path) -> None:
+def test_save_deletes_only_abandoned_temp_files(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     stale = run / ".step-000000000001.zip.1f2e3d.partial"
     fresh = run / ".step-000000000002.zip.4c5b6a.partial"
+    held = run / ".step-000000000004.zip.7d8e9f.partial"
     foreign = run / ".notes.txt.1f2e3d.partial"
-    old = time.time() - TEMP_MAX_AGE - 60
-    for path in (stale, fresh, foreign):
+    old = time.time() - TEMP_GRACE - 60
+    for path in (stale, fresh, held, foreign):
         path.write_bytes(b"half a checkpoint")
-    for path in (stale, foreign):
+    for path in (stale, held, foreign):
         os.utime(path, (old, old))
-    CheckpointStore(os.fspath(run)).save(3, make_state(3))
+    with open(held, "rb") as writer:  # a live (stalled) writer holds its lock
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        CheckpointStore(os.fspath(run)).save(3, make_state(3))
     assert not stale.exists()
-    assert fresh.exists() and foreign.exists()
+    assert fresh.exists() and held.exists() and foreign.exists()
 
 
 # -- asynchronous saves --------------------------------------------------

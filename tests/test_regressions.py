@@ -24,7 +24,7 @@ import pytest
 
 from storage import archive
 from storage.checkpoints import CheckpointStore
-from storage.errors import ArchiveError, CheckpointError, StorageError
+from storage.errors import ArchiveError, CheckpointError, StorageError, UntrustedTypeError
 from storage.snapshot import load_snapshot, save_snapshot
 from tests.conftest import BUCKET, S3Server
 from tests.soak.faultproxy import FaultPlan, FaultProxy
@@ -45,7 +45,6 @@ def file_size_limit(limit: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a full disk raises a bare OSError (EFBIG/ENOSPC) without the path")
 def test_disk_full_save_raises_a_storage_error_naming_the_archive(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path / "run"), keep_last=None)
     store.save(1, SMALL)
@@ -63,7 +62,6 @@ def _through(proxy: FaultProxy, s3: S3Server, **extra: Any) -> dict[str, Any]:
     return options
 
 
-@pytest.mark.xfail(strict=True, reason="finding: S3 transport failures escape as raw botocore/aiohttp/OSError")
 @pytest.mark.parametrize("fault", ["reset", "http500", "cut"])
 def test_s3_failures_during_save_and_restore_raise_checkpoint_errors(s3: S3Server, fault: str) -> None:
     root = f"s3://{BUCKET}/faulty"
@@ -96,7 +94,6 @@ def test_restore_never_falls_back_to_an_older_step_on_a_read_error(s3: S3Server)
     assert outcome != 1, "restore returned step 1 although step 2 is committed and whole"
 
 
-@pytest.mark.xfail(strict=True, reason="finding: uploads created by retried CreateMultipartUpload calls stay behind after a failed save")
 def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> None:
     root = f"s3://{BUCKET}/uploads"
     # Every POST (create and complete of the multipart upload) reaches the server,
@@ -164,7 +161,7 @@ def test_a_60_byte_pickle_cannot_allocate_a_gigabyte(stream: bytes) -> None:
     data = _pickled_archive(stream)
     tracemalloc.start()
     try:
-        with pytest.raises(ArchiveError):
+        with pytest.raises((ArchiveError, UntrustedTypeError)):
             archive.load(io.BytesIO(data))
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -172,7 +169,6 @@ def test_a_60_byte_pickle_cannot_allocate_a_gigabyte(stream: bytes) -> None:
     assert peak < 64 << 20
 
 
-@pytest.mark.xfail(strict=True, reason="finding: temp files of a killed local save stay for TEMP_MAX_AGE (1 h); the next save does not remove them")
 def test_next_save_removes_the_temp_file_of_a_killed_writer(tmp_path: Path) -> None:
     root = tmp_path / "run"
     store = CheckpointStore(str(root))
@@ -191,6 +187,7 @@ def test_next_save_removes_the_temp_file_of_a_killed_writer(tmp_path: Path) -> N
         finally:
             os._exit(1)
     os.waitpid(pid, 0)
-    assert any(name.endswith(".partial") for name in os.listdir(root))
+    (temp,) = [root / name for name in os.listdir(root) if name.endswith(".partial")]
+    os.utime(temp, (temp.stat().st_mtime - 60,) * 2)  # the crash was a minute ago
     store.save(3, SMALL)
     assert not any(name.endswith(".partial") for name in os.listdir(root))
