@@ -207,7 +207,8 @@ class ExportMLP(ExportSnapshot):
         return self.clone(TrainMLP)
 
 
-_GRID = {"learning_rate": "learning_rates", "seed": "seeds", "hidden": "hiddens"}
+# TrainMLP parameters a Sweep sets per run, from its learning_rates, seeds and hiddens.
+_GRID = ("learning_rate", "seed", "hidden")
 
 
 def _inherits_but_grid(cls: type[luigi.Task]) -> type[luigi.Task]:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,17 @@ class WorkerProcess:
         """Signal the worker's whole process group (the worker and its task children)."""
         os.killpg(self.process.pid, sig)
         self.process.wait()
+
+    def wait_group(self, timeout: float = 60) -> None:
+        """Wait until no process of the worker's group is left (forked task children too)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"processes of group {self.process.pid} still running")
 
     def wait(self, timeout: float = 180) -> int:
         return self.process.wait(timeout=timeout)

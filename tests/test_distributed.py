@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import datetime
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import luigi
 import pytest
+from luigi.cmdline_parser import CmdlineParser
 
 from pipeline.mlp import Sweep
 from tests.conftest import BUCKET, Luigid
 from tests.helpers_distributed import (
     WorkerProcess,
+    cli_args,
     cluster_config,
     reference_runs,
     run_id_of,
@@ -36,6 +40,7 @@ SWEEP = {
     "total_steps": TOTAL, "checkpoint_every": EVERY, "keep_last": 100, "status_seconds": 0.2,
     "samples": 256, "features": 8, "batch_size": 16, "step_delay": 0.05,
 }
+TWO_RUNS = {**SWEEP, "seeds": [1]}
 SCHEDULER = {"retry_delay": 1, "worker_disconnect_delay": 8}
 WORKER = {"wait_interval": 0.2, "wait_jitter": 0.2, "ping_interval": 1}
 STATUS = re.compile(rf"step (\d+)/{TOTAL}, loss=\S+, accuracy=\S+, checkpoint step (\d+) saved \d+ s ago")
@@ -53,8 +58,9 @@ def scheduler(tmp_path: Path) -> Iterator[Luigid]:
 
 
 @pytest.fixture
-def cluster(scheduler: Luigid, s3: Any, tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(scheduler, s3, tmp_path)
+def cluster(scheduler: Luigid, s3: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Workers of the sweep ``SWEEP`` (or the indirect parameter) against ``scheduler`` and S3."""
+    cluster = Cluster(scheduler, s3, tmp_path, getattr(request, "param", SWEEP))
     try:
         yield cluster
     finally:
@@ -65,23 +71,22 @@ def cluster(scheduler: Luigid, s3: Any, tmp_path: Path) -> Iterator[Cluster]:
 class Cluster:
     """The scheduler, the S3 server, worker processes and the sweep they run."""
 
-    def __init__(self, scheduler: Luigid, s3: Any, folder: Path) -> None:
-        self.scheduler, self.s3, self.folder = scheduler, s3, folder
+    def __init__(self, scheduler: Luigid, s3: Any, folder: Path, params: dict[str, Any]) -> None:
+        self.scheduler, self.s3, self.folder, self.params = scheduler, s3, folder, params
         core = {"scheduler_port": scheduler.port, "rpc_retry_wait": 1, "rpc_retry_attempts": 60}
         self.cfg = folder / "luigi-cluster.cfg"
         self.cfg.write_text(cluster_config({"core": core, "worker": WORKER}))
         self.env = {**s3.env, "LUIGI_SCHEDULER_HOST": "127.0.0.1", "LUIGI_CHECKPOINT_BUCKET": BUCKET}
         self.workers: list[WorkerProcess] = []
-        params = {**SWEEP, "date": datetime.date.fromisoformat(SWEEP["date"])}
         self.sweep = Sweep(
             checkpoint_root=f"s3://{BUCKET}/runs", export_root=f"s3://{BUCKET}/exports",
-            storage_options=s3.storage_options, **params,
+            storage_options=s3.storage_options, **{**params, "date": datetime.date.fromisoformat(params["date"])},
         )
         self.runs = {run.run_id(): run for run in self.sweep.runs()}
 
     def start_worker(self, name: str, *extra: str) -> WorkerProcess:
         # --no-lock: luigi refuses a second identical command on one machine.
-        worker = WorkerProcess.start("Sweep", SWEEP, cfg=self.cfg, log=self.folder / f"{name}.log", env=self.env,
+        worker = WorkerProcess.start("Sweep", self.params, cfg=self.cfg, log=self.folder / f"{name}.log", env=self.env,
                                      extra=("--no-lock", *extra))
         self.workers.append(worker)
         return worker
@@ -114,6 +119,27 @@ class Cluster:
         assert [entry["name"] for entry in done].count("Sweep") == 1
 
 
+def test_a_sweep_is_one_run_and_one_export_per_grid_point_sharing_the_other_parameters(tmp_path: Path) -> None:
+    argv = ["Sweep", *cli_args({**SWEEP, "learning_rates": [0.1, 0.2], "seeds": [3], "hiddens": ["8", "4,4"]})]
+    with CmdlineParser.global_instance(argv) as parser:
+        sweep = parser.get_task_obj()
+    runs = sweep.runs()
+    grid = [(r.learning_rate, r.seed, r.hidden) for r in runs]
+    assert grid == [(0.1, 3, "8"), (0.1, 3, "4,4"), (0.2, 3, "8"), (0.2, 3, "4,4")]
+    assert len({r.run_id() for r in runs}) == 4
+    assert all((r.total_steps, r.checkpoint_every, r.step_delay, r.samples) == (TOTAL, EVERY, 0.05, 256) for r in runs)
+    exports = sweep.exports()
+    assert [e.training_task() for e in exports] == runs
+    assert all(e.after_training and e.date == datetime.date(2026, 11, 28) for e in exports)
+    assert sweep.requires() == [*runs, *exports]
+
+    local = sweep.clone(checkpoint_root=str(tmp_path / "runs"), export_root=str(tmp_path / "exports"),
+                        step_delay=0, total_steps=20)
+    assert luigi.build([local], local_scheduler=True, log_level="WARNING")
+    assert local.complete()
+    assert all(export.output().exists() for export in local.exports())
+
+
 def label(run_id: str) -> str:
     return f"TrainMLP {run_id}"
 
@@ -126,6 +152,7 @@ def starts(output: str, run_id: str) -> int:
     return output.count(f"{label(run_id)}: starting at step 0 of {TOTAL}")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_run_resumes_from_its_s3_checkpoint_on_the_other_worker(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -167,6 +194,7 @@ def test_a_killed_worker_s_run_resumes_from_its_s3_checkpoint_on_the_other_worke
     cluster.assert_all_finished_like(reference_runs(cluster.sweep, tmp_path / "reference"))
 
 
+@pytest.mark.slow
 def test_luigid_restarted_from_its_state_file_keeps_checkpoints_and_completed_runs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -198,4 +226,37 @@ def test_luigid_restarted_from_its_state_file_keeps_checkpoints_and_completed_ru
         assert starts(outputs, run_id) == 1 and not resumes(outputs, run_id), run_id
     for run_id, created in finals.items():
         assert cluster.runs[run_id].checkpoint_store().info(TOTAL).created == created
+    cluster.assert_all_finished_like(reference_runs(cluster.sweep, tmp_path / "reference"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", [TWO_RUNS], ids=["two-runs"], indirect=True)
+def test_sigterm_to_a_forked_worker_s_process_group_saves_checkpoints_that_another_worker_resumes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Two runs train at once, each in a forked child of the worker process.
+    terminated = cluster.start_worker("terminated", "--workers", "2")
+
+    def two_runs_training() -> list[dict[str, Any]] | None:
+        running = [r for r in cluster.running() if r["pid"] == terminated.pid and r["step"]]
+        return running if len(running) == 2 else None
+
+    wait_for(two_runs_training, timeout=90, interval=0.05, what="two runs training")
+    terminated.kill_group(signal.SIGTERM)
+    assert terminated.process.returncode == -signal.SIGTERM  # the worker process itself dies at once
+    terminated.wait_group()  # its task children save a checkpoint and stop
+    saved = {
+        run_id: int(step)
+        for run_id, step in re.findall(rf"TrainMLP (\w+): interrupted by SIGTERM after step (\d+)/{TOTAL}",
+                                       terminated.output())
+    }
+    assert len(saved) == 2, terminated.output()
+    for run_id, step in saved.items():
+        assert 0 < step < TOTAL and cluster.runs[run_id].checkpoint_store().latest_step() == step
+
+    # Once the scheduler has noticed the dead worker, another one takes its runs.
+    successor = cluster.start_worker("successor")
+    assert successor.wait() == 0, successor.output()
+    for run_id, step in saved.items():
+        assert resumes(successor.output(), run_id) == [step]
     cluster.assert_all_finished_like(reference_runs(cluster.sweep, tmp_path / "reference"))
