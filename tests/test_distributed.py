@@ -164,7 +164,7 @@ def test_a_killed_worker_s_run_resumes_from_its_s3_checkpoint_on_the_other_worke
         running = cluster.running()
         if {r["pid"] for r in running} != {victim.pid, survivor.pid}:
             return None
-        mine = [r for r in running if r["pid"] == victim.pid and r["checkpoint"]]
+        mine = [r for r in running if r["pid"] == victim.pid and r["checkpoint"] and r["step"] < TOTAL - 2 * EVERY]
         return mine[0] if mine and all(r["step"] for r in running) else None
 
     held = wait_for(both_training_one_of_the_victim_s_past_a_checkpoint, timeout=90, interval=0.05,
