@@ -8,6 +8,7 @@ server rejecting the upload when it is completed).
 
 from __future__ import annotations
 
+import errno
 import pickle
 import resource
 import signal
@@ -123,8 +124,9 @@ def test_local_disk_refusing_bytes_mid_write_publishes_nothing(
     root = make_root(kind, tmp_path, request)
     dest = root.join("a.ckpt")
     previous = _previous(root, dest, with_previous)
-    with _file_size_limit(6 * MiB), pytest.raises(OSError):
+    with _file_size_limit(6 * MiB), pytest.raises(OSError) as info:
         dump(_big_arrays(), dest)
+    assert any(getattr(e, "errno", None) == errno.EFBIG for e in _chain(info.value)), info.value
     _assert_nothing_published(root, dest, previous)
 
 

@@ -311,7 +311,9 @@ def test_manifest_describes_the_archive(tmp_path: Any) -> None:
 
 @settings(max_examples=30, **SETTINGS)
 @given(state=STATES)
-def test_array_data_starts_at_the_recorded_64_byte_aligned_offset(tmp_path: Any, state: Any) -> None:
+def test_array_data_starts_at_the_recorded_64_byte_aligned_offset(
+    tmp_path: Any, state: Any
+) -> None:
     path = tmp_path / f"{uuid.uuid4().hex}.ckpt"
     manifest = dump(state, path)
     raw = path.read_bytes()
