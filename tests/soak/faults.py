@@ -1,11 +1,11 @@
 """Campaign 2: storage faults between s3fs and the S3 server.
 
 Each trial draws a fault mix (seeded), then a worker process saves the
-next step and restores the newest checkpoint through the fault proxy. The
-worker reports what happened; the harness then looks at the bucket directly:
-
-Most trials are weather (1-3 faults at 3-25 % per request); every fourth (the
-first included) is a storm (one fault at 90 %) that retries cannot ride out, so the failure paths run.
+next step and restores the newest checkpoint through the fault proxy. Most
+trials are weather (1-3 faults at 3-25 % per request); every fourth (the
+first included) is a storm (one fault at 90 %, at most 15 of them) that
+retries cannot ride out, so the failure paths run. The worker reports what
+happened; the harness then looks at the bucket directly:
 
 * a save that returned: its archive equals ``make_state(step)``;
 * a save that raised: the exception is a ``CheckpointError`` (anything else is
@@ -71,10 +71,10 @@ def faulty_trial(root: str, options: dict[str, Any], step: int, nbytes: int, out
 
 def _plan(rng: random.Random, seed: int) -> FaultPlan:
     """Mostly weather (1-3 faults at 3-25 % each); every fourth trial (the first one included) a storm
-    (one fast-failing fault at 90 %) that retries cannot ride out."""
+    (one fast-failing fault at 90 %, at most 15) that retries cannot ride out."""
     if seed % 4 == 1:
         storm = rng.choice(["reset", "reset_after", "cut", "http500"])
-        return FaultPlan({storm: 0.9}, seed=seed)
+        return FaultPlan({storm: 0.9}, seed=seed, max_faults=15)
     kinds = rng.sample(FAULTS, rng.randint(1, 3))
     return FaultPlan({kind: rng.uniform(0.03, 0.25) for kind in kinds}, seed=seed, stall_seconds=(0.2, 3.0))
 

@@ -43,8 +43,8 @@ from .states import make_state
 MEMORY_LIMIT = 2 << 30
 INPUT_SECONDS = 2.0
 HYPOTHESIS_SHARE = 0.05
-BOMB_BYTES = 48 << 20
-BOMB_SHARE = 0.002
+BOMB_BYTES = 16 << 20
+BOMB_SHARE = 0.0005
 
 
 class _Timeout(BaseException):
@@ -74,7 +74,7 @@ def _snapshot(arrays: dict[str, np.ndarray], folder: Path) -> bytes:
 
 
 def _bomb() -> bytes:
-    """An honest bomb: a DEFLATE archive of 48 MB of zeros (about 50 kB)."""
+    """An honest bomb: a DEFLATE archive of 16 MB of zeros (about 16 kB)."""
     return _archive({"zeros": np.zeros(BOMB_BYTES // 8)}, compression="deflate")
 
 

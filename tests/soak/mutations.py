@@ -126,7 +126,7 @@ def wrap(data: bytes, rng: random.Random) -> bytes:
     return data + END + rng.randbytes(18)
 
 
-def deep_pickle(rng: random.Random, depths: tuple[int, ...] = (1000, 10_000)) -> bytes:
+def deep_pickle(rng: random.Random, depths: tuple[int, ...] = (200, 1000)) -> bytes:
     """Deeply nested lists, tuples or dicts, or a lying length opcode."""
     depth = rng.choice(depths)
     kind = rng.randrange(5)
@@ -155,7 +155,7 @@ def lying_pickle(rng: random.Random, sizes: tuple[int, ...] = (10**10, 2**40)) -
 
 
 def deep_json(rng: random.Random) -> bytes:
-    depth = rng.choice([1000, 100_000])
+    depth = rng.choice([1000, 20_000])
     return rng.choice([b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth, b"1e99999", b'"\\ud800"'])
 
 
