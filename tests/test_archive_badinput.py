@@ -299,6 +299,7 @@ def test_a_bad_npy_header_is_refused_before_allocating(tmp_path: Any, case: str)
     path = _npy_case(tmp_path, BAD_HEADERS[case])
     with _peak_memory_below(16 * MiB):
         _raises(BadNpyHeaderError, lambda: load(path), path)
+        _raises(BadNpyHeaderError, lambda: load(path, mmap=True), path)
         _raises(BadNpyHeaderError, lambda: read_arrays(path), path)
     problems = verify(path)
     assert problems and any("W" in p for p in problems)
