@@ -74,6 +74,18 @@ def test_s3_failures_during_save_and_restore_raise_checkpoint_errors(s3: S3Serve
             store.restore()
 
 
+@pytest.mark.xfail(strict=True, reason="finding: S3 failures while reading an archive (after the listing) escape raw")
+def test_s3_read_failures_after_the_listing_raise_checkpoint_errors(s3: S3Server) -> None:
+    root = f"s3://{BUCKET}/reads"
+    CheckpointStore(root, storage_options=s3.storage_options).save(1, SMALL)
+    # The listing goes through; every read of the archive after it fails.
+    with FaultProxy(s3.endpoint_url, FaultPlan({"http500": 1.0}, skip=1)) as proxy:
+        with pytest.raises(CheckpointError):
+            CheckpointStore(root, storage_options=_through(proxy, s3)).restore()
+        with pytest.raises(CheckpointError):
+            archive.read_manifest(f"{root}/step-000000000001.zip", storage_options=_through(proxy, s3))
+
+
 @pytest.mark.xfail(strict=True, reason="finding: a transient read error is taken for a damaged archive; restore silently returns an older step")
 def test_restore_never_falls_back_to_an_older_step_on_a_read_error(s3: S3Server) -> None:
     root = f"s3://{BUCKET}/stale"
