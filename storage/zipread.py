@@ -329,17 +329,27 @@ class MemberStream:
         filled = 0
         try:
             while filled < len(view):
+                if self._inflater.eof or not (self._pending or self._left_compressed):
+                    raise self._fail(TruncatedArchiveError,
+                                     "compressed data ends before the declared size")
                 if not self._pending:
-                    if self._left_compressed == 0 or self._inflater.eof:
-                        raise self._fail(TruncatedArchiveError,
-                                         "compressed data ends before the declared size")
                     self._pending = self._next_compressed()
-                out = self._inflater.decompress(self._pending, len(view) - filled)
-                self._pending = self._inflater.unconsumed_tail
+                out = self._inflate(len(view) - filled)
                 view[filled : filled + len(out)] = out
                 filled += len(out)
         except zlib.error as exc:
             raise self._fail(ChecksumError, f"corrupt DEFLATE data: {exc}") from None
+
+    def _inflate(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes from the pending input; a corrupt stream on
+        which zlib makes no progress (it then reports no error) is refused."""
+        assert self._inflater is not None
+        before = len(self._pending)
+        out = self._inflater.decompress(self._pending, limit)
+        self._pending = self._inflater.unconsumed_tail
+        if not out and len(self._pending) == before and not self._inflater.eof:
+            raise self._fail(ChecksumError, "corrupt DEFLATE data (inflate makes no progress)")
+        return out
 
     def finish(self) -> None:
         """Check that all data was read, nothing more is there and the CRC matches."""
@@ -350,10 +360,9 @@ class MemberStream:
                 while not self._inflater.eof and (self._pending or self._left_compressed):
                     if not self._pending:
                         self._pending = self._next_compressed()
-                    if self._inflater.decompress(self._pending, 1):
+                    if self._inflate(1):
                         raise self._fail(ArchiveTooLargeError,
                                          "inflates beyond its declared size")
-                    self._pending = self._inflater.unconsumed_tail
             except zlib.error as exc:
                 raise self._fail(ChecksumError, f"corrupt DEFLATE data: {exc}") from None
             if not self._inflater.eof:
