@@ -1,7 +1,8 @@
 """Smoke test of the benchmark harness: ``--quick`` prints every case and writes JSON.
 
 No timing is asserted (speed is reported by ``make bench``, never tested).
-torch is left out so the run stays short and works where it is not installed.
+torch and safetensors (the `bench` extra) are left out so the run stays short
+and works where they are not installed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_quick_run_prints_a_row_per_case_and_the_targets(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--quick", "--without", "torch", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--without", "torch,safetensors", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -34,8 +35,8 @@ def test_quick_run_prints_a_row_per_case_and_the_targets(tmp_path: Path) -> None
     expected += [("S3 list", "one plain listing"), ("S3 list", "ours latest_step()")]
     assert sorted(rows) == sorted(expected)
     for (group, name), row in rows.items():
-        if "torch" in name:
-            assert row["skipped"] == "n/a (torch left out)"
+        if peer := _peer(name):
+            assert row["skipped"] == f"n/a ({peer} left out)"
         else:
             assert row["skipped"] is None, (group, name, row["skipped"])
             assert len(row["times"]) == 1 and row["median_s"] > 0
@@ -45,6 +46,11 @@ def test_quick_run_prints_a_row_per_case_and_the_targets(tmp_path: Path) -> None
     table = proc.stdout.splitlines()
     for group, name in expected:
         line = next(line for line in table if line.startswith(group) and f" {name} " in f"{line} ")
-        assert ("n/a" in line) == ("torch" in name), line
+        assert ("n/a" in line) == bool(_peer(name)), line
     assert len(report["targets"]) == 14
     assert "issue-6 targets:" in proc.stdout
+
+
+def _peer(name: str) -> str | None:
+    """The left-out peer a case belongs to, if any."""
+    return next((peer for peer in ("torch", "safetensors") if peer in name), None)
