@@ -9,7 +9,7 @@ on local disk can be memory-mapped. ZIP64 records are written for members,
 offsets and counts beyond the 32-bit (16-bit for counts) limits.
 
 The CRC-32 of a large buffer is computed on a helper thread while the caller's
-thread writes the same buffer (``zlib.crc32`` releases the GIL).
+thread writes the same buffer (see :mod:`storage.crc`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
 
-from .crc import running_crc
+from .crc import crc32, running_crc
 
 __all__ = ["ZipWriter", "WrittenMember"]
 
@@ -218,7 +218,7 @@ class ZipWriter:
             view = memoryview(chunk).cast("B")
             for start in range(0, len(view), WRITE_BLOCK):
                 piece = view[start : start + WRITE_BLOCK]
-                crc = zlib.crc32(piece, crc)
+                crc = crc32(piece, crc)
                 out = deflater.compress(piece)
                 self._write(out)
                 compressed += len(out)
