@@ -28,8 +28,8 @@ Retention
     once :func:`storage.fs.is_abandoned_temp` says no writer holds them (a live
     local writer keeps a lock on its temp file), so a write in progress in
     another process is never touched. On object stores an
-    interrupted upload leaves no visible object (abort incomplete multipart
-    uploads with a bucket lifecycle rule).
+    interrupted upload leaves no visible object, and a failed save aborts the
+    multipart uploads it began.
 
 Asynchronous saves
     ``save(..., block=False)`` pickles the state and copies its arrays in the
@@ -37,6 +37,10 @@ Asynchronous saves
     save is in flight at a time; every later call of the store first waits for
     it, and raises its failure (once) instead of doing its own work. The
     thread is not a daemon: the interpreter finishes the write before exiting.
+    After a background write the store keeps its copy of the arrays and the
+    next ``block=False`` save copies into those buffers (arrays of unchanged
+    name, shape and dtype), which costs no allocation: asynchronous saving
+    holds one extra copy of the state's arrays for the store's lifetime.
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ class CheckpointStore:
         self._pending: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
         self._failure: BaseException | None = None
+        self._spare: archive.Frozen | None = None
 
     def __repr__(self) -> str:
         return (
@@ -217,7 +222,8 @@ class CheckpointStore:
         step = operator.index(step)
         path = self._path(step)
         meta = _json_copy({**(metadata or {}), "step": step}, self.url_of(step))
-        frozen = archive.freeze(state, copy=not block)
+        frozen = archive.freeze(state, copy=not block, reuse=self._spare)
+        self._spare = None
         if block:
             return self._write(step, path, frozen, meta)
         self._pending = threading.Thread(
@@ -257,6 +263,7 @@ class CheckpointStore:
     ) -> None:
         try:
             self._result = self._write(step, path, frozen, meta)
+            self._spare = frozen  # written: the next async save copies into its buffers
         except BaseException as exc:  # handed to the caller by _settle()
             logger.warning("background save of %s failed: %s", self.url_of(step), exc)
             self._failure = exc

@@ -56,12 +56,21 @@ class Frozen:
     protocol: int
 
 
-def freeze(obj: Any, *, protocol: int = pickle.HIGHEST_PROTOCOL, copy: bool = True) -> Frozen:
+def freeze(
+    obj: Any,
+    *,
+    protocol: int = pickle.HIGHEST_PROTOCOL,
+    copy: bool = True,
+    reuse: Frozen | None = None,
+) -> Frozen:
     """Pickle ``obj`` now, arrays externalized and named.
 
     With ``copy=True`` every externalized array is copied, so the caller may
     change the object right away (asynchronous saves); with ``copy=False``
     the arrays are the object's own and must not change until written.
+    ``reuse`` is an earlier :class:`Frozen` copy that is no longer needed:
+    arrays of the same name, shape and dtype are copied into its buffers,
+    which are already in memory (no allocation, no page faults).
     Pickling errors propagate unchanged.
     """
     walk = _Walk(protocol)
@@ -71,8 +80,16 @@ def freeze(obj: Any, *, protocol: int = pickle.HIGHEST_PROTOCOL, copy: bool = Tr
     pickler.dump(obj)
     arrays = pickler.arrays
     if copy:
-        arrays = [(name, np.array(array, order="K", copy=True)) for name, array in arrays]
+        spare = dict(reuse.arrays) if reuse is not None else {}
+        arrays = [(name, _copy(array, spare.get(name))) for name, array in arrays]
     return Frozen(buffer.getvalue(), tuple(arrays), protocol)
+
+
+def _copy(array: np.ndarray, spare: np.ndarray | None) -> np.ndarray:
+    if spare is None or spare.shape != array.shape or spare.dtype != array.dtype:
+        return np.array(array, order="K", copy=True)
+    np.copyto(spare, array, casting="no")
+    return spare
 
 
 def _component(key: object) -> str | None:

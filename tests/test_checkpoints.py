@@ -372,6 +372,26 @@ def test_async_save_is_not_affected_by_later_mutation(root: Root) -> None:
     assert_same(restored, expected)
 
 
+def test_consecutive_async_saves_reuse_buffers_but_keep_each_steps_values(root: Root) -> None:
+    store = open_store(root, keep_last=None)
+    state = make_state(1, size=1000)
+    expected = {}
+    for step in (1, 2, 3):
+        state["model"]["W"] += step  # the training loop changes the arrays in place
+        state["counters"]["step"] = step
+        expected[step] = copy.deepcopy(state)
+        store.save(step, state, block=False)
+        state["model"]["W"][:] = np.nan  # mutated while the write runs
+        state["model"]["W"][:] = expected[step]["model"]["W"]
+    store.wait()
+    spare = dict(store._spare.arrays)
+    store.save(4, state, block=False)
+    assert store._spare is None and store.wait().step == 4
+    assert dict(store._spare.arrays)["model/W"] is spare["model/W"]  # copied into, not allocated
+    for step in (1, 2, 3):
+        assert_same(store.restore(step)[1], expected[step])
+
+
 def test_async_failure_is_raised_by_wait_once(root: Root) -> None:
     store = open_store(root)
     store.save(1, make_state(1))
