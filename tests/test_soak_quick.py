@@ -23,10 +23,6 @@ from tests.soak.scale import QUICK
 pytestmark = pytest.mark.slow
 
 KNOWN = {
-    r"restore failed with a raw .*": "test_s3_read_failures_after_the_listing_raise_checkpoint_errors",
-    r"stale restore": "test_restore_never_falls_back_to_an_older_step_on_a_read_error",
-    r"escaped: read_manifest: builtins.RecursionError at archive\.py:\d+": "test_deeply_nested_archive_manifest_is_an_archive_error",
-    r"escaped: load_snapshot: builtins.RecursionError at snapshot\.py:\d+": "test_deeply_nested_snapshot_manifest_is_an_archive_error",
     r"allocation driven by the input(: load: MemoryError inside CorruptPickleError at trust\.py:\d+)?": "test_a_60_byte_pickle_cannot_allocate_a_gigabyte",
 }
 
