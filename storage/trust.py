@@ -16,8 +16,10 @@ scalars, numpy arrays, dtypes, scalars and random generators, a few
 ``collections`` and ``datetime`` types, and the ``copyreg`` helpers (their class
 arguments are globals of their own, so they only rebuild trusted classes).
 
-Not guarded: a trusted callable called with hostile arguments may still
-allocate a lot of memory (``bytes(10**10)``); nothing runs foreign code.
+Allowed globals are also called only as picklers call them (the policy is in
+:mod:`storage.pickle_calls`), so a small stream cannot make them allocate a lot:
+``bytes(10**9)``, ``list(range(N))`` or a gigabyte ``ndarray`` are refused by the
+audit as :class:`CorruptPickleError` before anything runs.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-import numpy as np
-
+from . import pickle_calls as calls
 from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
+from .pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
 
 __all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restricted_unpickler"]
 
@@ -42,19 +44,10 @@ TrustedSpec = Iterable["type | Callable[..., Any] | str"]
 
 _NUMPY_CORE_HELPERS = ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer",
                        "_internal._convert_to_stringdtype_kwargs")
-_NUMPY_RANDOM = (
-    "_generator.Generator", "mtrand.RandomState", "_mt19937.MT19937", "_pcg64.PCG64",
-    "_pcg64.PCG64DXSM", "_philox.Philox", "_sfc64.SFC64", "bit_generator.SeedSequence",
-    "bit_generator.SeedlessSeedSequence", "bit_generator.__pyx_unpickle_SeedSequence",
-    "_pickle.__generator_ctor", "_pickle.__bit_generator_ctor", "_pickle.__randomstate_ctor",
-    "__RandomState_ctor",
-)
 _BUILTINS = (
     "dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int", "float",
     "complex", "bool", "slice", "range", "object", "Ellipsis", "NotImplemented",
 )
-# numpy scalar types (numpy.float64) and dtype classes (numpy.dtypes.Float64DType)
-_NUMPY_TYPES = {*np.sctypeDict.values(), *(type(np.dtype(c)) for c in np.typecodes["All"])}
 DEFAULT_TRUSTED: frozenset[str] = frozenset(
     [f"builtins.{name}" for name in _BUILTINS]
     + ["_codecs.encode", "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"]
@@ -64,18 +57,20 @@ DEFAULT_TRUSTED: frozenset[str] = frozenset(
     + ["numpy.ndarray", "numpy.dtype"]
     + [f"{core}.{helper}" for core in ("numpy.core", "numpy._core")
        for helper in _NUMPY_CORE_HELPERS]
-    + [f"{t.__module__}.{t.__qualname__}" for t in _NUMPY_TYPES]
-    + [f"numpy.random.{name}" for name in _NUMPY_RANDOM]
+    + [f"{t.__module__}.{t.__qualname__}" for t in NUMPY_TYPES]
+    + [f"numpy.random.{name}" for name in NUMPY_RANDOM_CLASSES + NUMPY_RANDOM_HELPERS]
 )
 """Dotted names every load trusts (exact names, never whole modules)."""
 
 _registered: set[str] = set()
-_NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+_CHANGED_OPS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+_TUPLE_OPS = {"EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
                "SHORT_BINUNICODE", "BINUNICODE8"}
 _GET_OPS, _PUT_OPS = {"GET", "BINGET", "LONG_BINGET"}, {"PUT", "BINPUT", "LONG_BINPUT"}
 _SPECIAL_OPS = {*_STRING_OPS, *_GET_OPS, *_PUT_OPS, "MEMOIZE", "MARK", "PROTO", "DUP", "GLOBAL",
-                "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
+                "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
 # per opcode: index of the mark in its stack arguments (-1: none), items popped, items pushed
 _SHAPES = {op.name: (op.stack_before.index(pickletools.markobject)
                      if pickletools.markobject in op.stack_before else -1,
@@ -93,13 +88,6 @@ class Audit:
 
     globals: tuple[str, ...]
     untrusted: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _Global:
-    """Stack value of the audit: a global imported under ``name``."""
-
-    name: str
 
 
 def _dotted(item: type | Callable[..., Any] | str) -> str:
@@ -127,7 +115,7 @@ def _resolve(module: str, name: str, renames: Mapping[str, str] | None) -> tuple
         module, name = _compat_pickle.NAME_MAPPING[(module, name)]
     else:
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    if _NUMPY2 and (module == "numpy.core" or module.startswith("numpy.core.")):
+    if NUMPY2 and (module == "numpy.core" or module.startswith("numpy.core.")):
         module = "numpy._core" + module[len("numpy.core"):]
     if not renames:
         return module, name
@@ -157,7 +145,9 @@ def audit_pickle(
     imported global itself (setting attributes on a class or function) makes that
     global untrusted. Work and memory are linear in ``len(data)``, and so is what
     the unpickler may allocate afterwards: a memo index larger than the stream
-    (which makes pickle allocate a memo table that size) is refused as corrupt.
+    (which makes pickle allocate a memo table that size) is refused as corrupt,
+    and so are calls of trusted globals no pickler writes
+    (:mod:`storage.pickle_calls`), unless the stream is refused for untrusted names.
 
     Raises
     ------
@@ -170,27 +160,45 @@ def audit_pickle(
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
+    problems: set[str] = set()
+    copied = 0
 
-    def imported(module: str, name: str) -> _Global:
+    def imported(module: str, name: str) -> calls.Global:
         dotted = ".".join(_resolve(module, name, renames))
         found.add(dotted)
         if dotted not in allowed:
             refused.add(dotted)
-        return _Global(dotted)
+        return calls.Global(dotted)
 
     def unknown(description: str) -> None:
         found.add(description)
         refused.add(description)
         stack.append(None)
 
+    def call(target: Any, arguments: Any, kwargs: Any = None) -> calls.Value | None:
+        nonlocal copied
+        result = calls.RESULT_KINDS.get(target.name) if isinstance(target, calls.Global) else None
+        target, arguments, kwargs = calls.callee(target, arguments, kwargs)
+        problem = calls.call_problem(target, arguments, kwargs)
+        position = calls.ARGUMENT_KINDS.get(getattr(target, "name", ""), (-1,))[0]
+        copy = not problem and 0 <= position < len(arguments)
+        size = calls.size(arguments[position]) if copy else 0
+        copied += size
+        if problem or copied > 2 * len(data):
+            problems.add(problem or "calls copying more than twice the size of the stream")
+        return calls.Value(result, size) if result else None
+
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             op = opcode.name
             mark_at, count, pushed = _SHAPES[op]
+            sliced: list[Any] = []
             if mark_at >= 0:
                 if not marks:
                     raise ValueError(f"{op} without MARK")
-                del stack[marks.pop():]
+                start = marks.pop()
+                sliced = stack[start:]
+                del stack[start:]
                 count = mark_at
             args: list[Any] = []
             if count:
@@ -199,10 +207,34 @@ def audit_pickle(
                 args = stack[-count:]
                 del stack[-count:]
             if op not in _SPECIAL_OPS:
-                if op == "BUILD" and isinstance(args[0], _Global):
-                    refused.add(f"{args[0].name} (BUILD sets its attributes)")
+                value: Any = None
+                if op in _CHANGED_OPS:
+                    value = args[0]
+                    if op == "BUILD" and isinstance(value, calls.Global):
+                        refused.add(f"{value.name} (BUILD sets its attributes)")
+                    elif op == "BUILD" and calls.kind(value) == "array":
+                        problem = calls.array_state_problem(args[1])
+                        if problem:
+                            problems.add(problem)
+                    elif isinstance(value, calls.Value):
+                        value.size += len(args) - 1 + len(sliced)
+                elif op in calls.MADE:
+                    made = len(arg) if arg is not None else len(sliced)
+                    value = calls.Value(calls.MADE[op], made)
+                elif op in _INT_OPS:
+                    value = arg
+                elif op in _TUPLE_OPS:
+                    value = tuple(sliced or args)
+                elif op in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
+                    value = call(*args)
+                elif op in ("OBJ", "INST"):
+                    if op == "OBJ" and not sliced:
+                        raise ValueError("OBJ without a class")
+                    module, _, name = (arg or "").partition(" ")
+                    target = imported(module, name) if op == "INST" else sliced.pop(0)
+                    value = call(target, tuple(sliced))
                 if pushed:
-                    stack.append(None)  # only DUP (handled below) pushes two
+                    stack.append(value)  # only DUP (handled below) pushes two
             elif op == "MARK":
                 marks.append(len(stack))
             elif op in _STRING_OPS:
@@ -222,10 +254,8 @@ def audit_pickle(
                     raise ValueError(f"unsupported pickle protocol {arg}")
             elif op == "DUP":
                 stack.extend(args * 2)
-            elif op in ("GLOBAL", "INST"):
-                module, _, name = arg.partition(" ")
-                result = imported(module, name)
-                stack.append(result if op == "GLOBAL" else None)
+            elif op == "GLOBAL":
+                stack.append(imported(*arg.partition(" ")[::2]))
             elif op == "STACK_GLOBAL":
                 if all(isinstance(value, str) for value in args):
                     stack.append(imported(*args))
@@ -239,6 +269,9 @@ def audit_pickle(
                     stack.append(imported(*key))
     except (ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
         raise CorruptPickleError(f"{source}: malformed pickle: {exc}") from exc
+    if problems and not refused:
+        raise CorruptPickleError(f"{source}: pickle asks trusted callables for what no pickler "
+                                 f"writes: {'; '.join(sorted(problems))}")
     return Audit(tuple(sorted(found)), tuple(sorted(refused)))
 
 

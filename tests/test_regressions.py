@@ -188,7 +188,6 @@ def _pickled_archive(pickle_bytes: bytes) -> bytes:
 GIGABYTE = b"\x8a\x08" + (10**9).to_bytes(8, "little")  # LONG1 10**9
 
 
-@pytest.mark.xfail(strict=True, reason="finding: trusted constructors allocate whatever size a pickle asks for")
 @pytest.mark.parametrize(
     "stream",
     [

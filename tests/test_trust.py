@@ -15,6 +15,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tracemalloc
 import types
 import warnings
 from dataclasses import dataclass
@@ -500,6 +501,69 @@ def test_memo_index_beyond_the_stream_is_refused_before_allocating(put: bytes) -
         audit_pickle(data, source="bomb.pkl")
     with pytest.raises(CorruptPickleError, match="bomb.pkl"):
         load_pickle(data, source="bomb.pkl")
+
+
+def _g(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _called(function: bytes, *args: bytes) -> bytes:
+    return function + b"(" + b"".join(args) + b"tR"
+
+
+GIGA = b"\x8a\x08" + (10**9).to_bytes(8, "little")  # LONG1 10**9
+RANGE = _called(_g("builtins", "range"), GIGA)
+RECONSTRUCT, NDARRAY = _g("numpy.core.multiarray", "_reconstruct"), _g("numpy", "ndarray")
+ASKING = {
+    "bytes(10**9)": _called(_g("builtins", "bytes"), GIGA),
+    "INST bytearray(10**9)": b"(I1000000000\ni__builtin__\nbytearray\n",
+    "list(range(10**9))": _called(_g("builtins", "list"), RANGE),
+    "NEWOBJ tuple(range(10**9))": _g("builtins", "tuple") + RANGE + b"\x85\x81",
+    "deque(range(10**9))": _called(_g("collections", "deque"), RANGE),
+    "copyreg.__newobj__(bytearray, 10**9)": _called(
+        _g("copyreg", "__newobj__"), _g("builtins", "bytearray"), GIGA),
+    "copyreg._reconstructor(list, list, range)": _called(
+        _g("copyreg", "_reconstructor"), _g("builtins", "list"), _g("builtins", "list"), RANGE),
+    "numpy.void(10**9)": _called(_g("numpy", "void"), GIGA),
+    "numpy.float64(range(10**9))": _called(_g("numpy", "float64"), RANGE),
+    "bytes(empty array of 10**8 float64)": _called(_g("builtins", "bytes"), _called(
+        RECONSTRUCT, NDARRAY, b"J\x00\xe1\xf5\x05\x85", b"C\x01d")),
+    "scalar of a 100 MB dtype without data": _called(
+        _g("numpy.core.multiarray", "scalar"),
+        _called(_g("numpy", "dtype"), b"X\n\x00\x00\x00V100000000")),
+    "random ctor calling bytes(10**9)": _called(
+        _g("numpy.random._pickle", "__generator_ctor"), GIGA, _g("builtins", "bytes")),
+    "_codecs.encode doubling with hex": _called(
+        _g("_codecs", "encode"), b"X\x01\x00\x00\x00a", b"X\x03\x00\x00\x00hex"),
+    "object array of 10**6 items from an empty list": _called(
+        RECONSTRUCT, NDARRAY, b"K\x00\x85C\x01b") + b"(K\x01J@B\x0f\x00\x85"
+        + _called(_g("numpy", "dtype"), b"X\x02\x00\x00\x00O8") + b"\x89]tb",
+    "bytearray copies of one memoized bytes": b"C\xff" + b"x" * 255 + b"q\x01("
+        + _called(_g("builtins", "bytearray"), b"h\x01") * 200 + b"l",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ASKING))
+def test_trusted_callables_asked_for_sizes_are_refused_before_allocating(name: str) -> None:
+    data = b"\x80\x02" + ASKING[name] + b"."
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptPickleError, match="big.pkl: pickle asks trusted callables"):
+            load_pickle(data, source="big.pkl")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_empty_and_shared_data_loads(protocol: int) -> None:
+    shared = bytearray(b"a" * 300)
+    state = [np.empty(0), np.empty((0, 5), order="F"), np.array(2.5),
+             np.empty((2, 0), dtype=object),
+             b"", bytearray(), b"a", b"a", shared, shared, bytearray(b"b"), bytearray(b"b"),
+             collections.deque(), set(), frozenset(), collections.Counter(), range(10**12)]
+    assert_same(load_pickle(pickle.dumps(state, protocol=protocol), source="s"), state)
 
 
 def test_deeply_nested_pickle_loads() -> None:
