@@ -34,7 +34,7 @@ from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, Miss
 from .externalize import Frozen, freeze
 from .fs import atomic_write, resolve
 from .npy import ALIGN
-from .reading import ArchiveSource, check_member, open_source, read_npy
+from .reading import ArchiveSource, check_member, open_source, parse_manifest_json, read_npy
 from .zipwrite import ZipWriter
 
 __all__ = [
@@ -195,11 +195,7 @@ def read_manifest(src: Source, *, storage_options: dict[str, Any] | None = None)
 
 def _checked_manifest(archive: ArchiveSource) -> dict[str, Any]:
     reader = archive.reader
-    data = reader.read(MANIFEST)
-    try:
-        manifest = json.loads(data.decode("utf8"))
-    except ValueError as exc:
-        raise ArchiveError(f"{archive.source}: {MANIFEST} is not JSON: {exc}") from None
+    manifest = parse_manifest_json(reader.read(MANIFEST), archive.source)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError(f"{archive.source}: {MANIFEST} is not a {FORMAT} manifest")
     version = manifest.get("format_version")

@@ -38,7 +38,7 @@ from .archive import Source
 from .checkpoints import step_of
 from .errors import ArchiveError, ChecksumError, MissingMemberError
 from .fs import atomic_write, resolve, url_of
-from .reading import ArchiveSource, open_source, read_npy
+from .reading import ArchiveSource, open_source, parse_manifest_json, read_npy
 from .zipwrite import ZipWriter
 
 __all__ = [
@@ -240,11 +240,7 @@ def _manifest(snapshot: ArchiveSource) -> dict[str, Any]:
     where = snapshot.source
     if MANIFEST not in snapshot.reader:
         raise MissingMemberError(f"{where}: no {MANIFEST}, not a snapshot")
-    raw = snapshot.reader.read(MANIFEST)
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise ArchiveError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
+    manifest = parse_manifest_json(snapshot.reader.read(MANIFEST), where)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArchiveError(f"{where}: not a snapshot (manifest format {found!r})")
