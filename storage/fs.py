@@ -232,12 +232,8 @@ def _remote_atomic_write(
         _drop(f)
         before = _uploads_of(fs, path)
         upload = fs.open(path, "xb" if exclusive else "wb", autocommit=False)
-        try:
-            with _uploading(fs, path, upload) as out:
-                yield out
-        except BaseException:
-            _abort_stray_uploads(fs, path, before)
-            raise
+        with _uploading(fs, path, upload, before) as out:
+            yield out
     else:
         with _moved_into_place(fs, temp, f, path, exclusive) as out:
             yield out
@@ -254,11 +250,13 @@ def _uploads_of(fs: AbstractFileSystem, path: str) -> set[str] | None:
 
 
 def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | None) -> None:
-    """Abort the S3 multipart uploads of ``path`` that this write began.
+    """Abort the S3 multipart uploads of ``path`` begun since ``before`` was listed.
 
-    A ``CreateMultipartUpload`` whose answer was lost and retried leaves an
-    upload the file object never heard of; it would linger (and be billed).
-    Uploads that existed before the write (another writer's) are left alone.
+    A ``CreateMultipartUpload`` whose answer was lost leaves an upload the
+    file object never heard of; it would linger (and be billed). Uploads that
+    existed before the write are left alone; one that another writer of the
+    same path began meanwhile cannot be told apart and is aborted too (that
+    writer's save then fails cleanly and its previous object stays).
     """
     if before is None:
         return
@@ -283,7 +281,7 @@ def _drop(f: AbstractBufferedFile) -> None:
 
 @contextmanager
 def _uploading(
-    fs: AbstractFileSystem, path: str, f: AbstractBufferedFile
+    fs: AbstractFileSystem, path: str, f: AbstractBufferedFile, before: set[str] | None
 ) -> Iterator[IO[bytes]]:
     try:
         yield f
@@ -293,7 +291,13 @@ def _uploading(
         except FileExistsError:
             raise StepExistsError(f"{url_of(fs, path)}: already exists") from None
     except BaseException:
+        # With a known upload id only that upload is aborted; without one the
+        # creation itself failed, maybe after the server made uploads whose
+        # answers were lost: those are swept.
+        created = getattr(f, "mpu", None) is not None
         _drop(f)
+        if not created:
+            _abort_stray_uploads(fs, path, before)
         raise
     finally:
         fs.invalidate_cache(path)

@@ -132,7 +132,6 @@ def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> N
     assert uploads == []
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a failed S3 save aborts the multipart upload of a concurrent writer of the same step")
 def test_a_failed_s3_save_does_not_abort_another_writers_upload(s3: S3Server) -> None:
     from storage.fs import atomic_write, resolve
 
