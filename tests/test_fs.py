@@ -52,27 +52,27 @@ def test_replacing_write_swaps_content(root: Root) -> None:
     assert read(root, "run/a.bin") == b"new"
 
 
-@pytest.mark.parametrize("size", [10, BIG])
-def test_exception_inside_write_publishes_nothing(root: Root, size: int) -> None:
-    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
+def fail_writing(root: Root, rel: str, size: int) -> None:
+    """Write ``size`` bytes to ``rel``, flush them, then raise inside the block."""
+    fs, path = resolve(root.join(rel), root.storage_options)
     with pytest.raises(Boom):
         with atomic_write(fs, path) as f:
             f.write(b"x" * size)
             f.flush()
             raise Boom
-    assert not fs.exists(path)
+
+
+@pytest.mark.parametrize("size", [10, BIG])
+def test_exception_inside_write_publishes_nothing(root: Root, size: int) -> None:
+    fail_writing(root, "run/a.bin", size)
+    assert not root.fs().exists(resolve(root.join("run/a.bin"), root.storage_options)[1])
     assert names(root, "run") == []
 
 
 @pytest.mark.parametrize("size", [10, BIG])
 def test_exception_inside_write_keeps_previous_object(root: Root, size: int) -> None:
     write(root, "run/a.bin", b"previous")
-    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
-    with pytest.raises(Boom):
-        with atomic_write(fs, path) as f:
-            f.write(b"x" * size)
-            f.flush()
-            raise Boom
+    fail_writing(root, "run/a.bin", size)
     assert read(root, "run/a.bin") == b"previous"
     assert names(root, "run") == ["a.bin"]
 
