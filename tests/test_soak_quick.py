@@ -23,8 +23,8 @@ from tests.soak.scale import QUICK
 pytestmark = pytest.mark.slow
 
 KNOWN = {
-    r"(save|restore|prune) raised storage\.errors\.StorageError": "test_a_failed_s3_save_does_not_abort_another_writers_upload",
-    # residual: an upload request delayed past the failed save's cleanup (no prune-time cleanup yet)
+    # residual of a fixed finding: an upload request delayed past the failed
+    # save's cleanup stays behind until a lifecycle rule aborts it
     r"incomplete multipart uploads after a failed save": "test_failed_s3_save_leaves_no_incomplete_multipart_upload",
 }
 
