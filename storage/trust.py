@@ -63,6 +63,10 @@ DEFAULT_TRUSTED: frozenset[str] = frozenset(
 """Dotted names every load trusts (exact names, never whole modules)."""
 
 _registered: set[str] = set()
+MAX_DEPTH = 10_000
+"""Stack plus mark depth an audited stream may reach. ``pickle.dumps`` cannot
+write objects nested beyond the recursion limit (1,000), so only a crafted
+stream goes deeper, to make loading (and freeing) slow."""
 _CHANGED_OPS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
 _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _TUPLE_OPS = {"EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
@@ -191,6 +195,8 @@ def audit_pickle(
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
             op = opcode.name
+            if len(stack) + len(marks) > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels (no pickler writes that)")
             mark_at, count, pushed = _SHAPES[op]
             sliced: list[Any] = []
             if mark_at >= 0:

@@ -27,6 +27,7 @@ import pytest
 
 from storage.errors import CorruptPickleError, MissingMemberError, UntrustedTypeError
 from storage.trust import (
+    MAX_DEPTH,
     Audit,
     audit_pickle,
     load_pickle,
@@ -566,15 +567,6 @@ def test_empty_and_shared_data_loads(protocol: int) -> None:
     assert_same(load_pickle(pickle.dumps(state, protocol=protocol), source="s"), state)
 
 
-def test_deeply_nested_pickle_loads() -> None:
-    depth = 50_000
-    data = b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b"."
-    node = load_pickle(data, source="deep.pkl")
-    for _ in range(depth - 1):
-        (node,) = node
-    assert node == []
-
-
 def test_persistent_ids_go_to_the_callers_loader() -> None:
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj: Any) -> str | None:
@@ -594,3 +586,13 @@ def test_persistent_ids_go_to_the_callers_loader() -> None:
         load_pickle(buf.getvalue(), source="p", persistent_load=missing)
     with pytest.raises(CorruptPickleError, match="KeyError"):
         load_pickle(buf.getvalue(), source="p", persistent_load={}.__getitem__)
+
+
+def test_streams_nested_deeper_than_any_pickler_writes_are_refused() -> None:
+    deep = b"\x80\x02" + b"]" * (MAX_DEPTH + 1) + b"."
+    with pytest.raises(CorruptPickleError, match="nested deeper than"):
+        load_pickle(deep, source="deep.pkl")
+    nested: list[Any] = []
+    for _ in range(200):
+        nested = [nested]
+    assert load_pickle(pickle.dumps(nested, protocol=5), source="ok.pkl") == nested
