@@ -88,8 +88,6 @@ def fresh_listing(fs: AbstractFileSystem, path: str) -> list[dict[str, Any]]:
     fs.invalidate_cache(path)
     with storage_errors(url_of(fs, path)):
         try:
-            return fs.ls(path, detail=True, refresh=True)
-        except TypeError:  # implementations whose ls() takes no ``refresh``
             return fs.ls(path, detail=True)
         except FileNotFoundError:
             return []
