@@ -29,7 +29,11 @@ Retention
     local writer keeps a lock on its temp file), so a write in progress in
     another process is never touched. On object stores an
     interrupted upload leaves no visible object, and a failed save aborts the
-    multipart uploads it began.
+    multipart uploads it began. A create request that was still in flight
+    when the save gave up can land later and leave an incomplete upload; so
+    every prune also aborts the incomplete uploads of archives older than the
+    newest listed step. Those can never become the newest checkpoint (a
+    writer that is still uploading one is behind; its save then fails).
 
 Asynchronous saves
     ``save(..., block=False)`` pickles the state and copies its arrays in the
@@ -59,7 +63,16 @@ from typing import Any, TypeVar
 
 from . import archive
 from .errors import ArchiveError, CheckpointNotFoundError
-from .fs import atomic_write, fresh_listing, is_abandoned_temp, is_temp_name, resolve, url_of
+from .fs import (
+    abort_upload,
+    atomic_write,
+    fresh_listing,
+    incomplete_uploads,
+    is_abandoned_temp,
+    is_temp_name,
+    resolve,
+    url_of,
+)
 
 __all__ = [
     "MAX_STEP",
@@ -415,7 +428,17 @@ class CheckpointStore:
             return doomed
         for temp in listing.stale_temps:
             self._remove(temp)
+        if listing.steps:
+            self._abort_superseded_uploads(listing.steps[-1])
         return [s for s in doomed if self._remove(self._path(s))]
+
+    def _abort_superseded_uploads(self, newest: int) -> None:
+        """Abort the incomplete multipart uploads of archives older than ``newest``."""
+        for path, upload_id in incomplete_uploads(self._fs, f"{self._root}/step-"):
+            step = step_of(path.rpartition("/")[2])
+            if step is not None and step < newest:
+                logger.info("aborting the incomplete upload %s of %s", upload_id, url_of(self._fs, path))
+                abort_upload(self._fs, path, upload_id)
 
     def _doomed(self, steps: list[int], known_good: int | None) -> list[int]:
         """The steps the retention policy deletes; ``known_good`` passed the check."""

@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import IO, Any
 
@@ -35,8 +35,10 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from .errors import CheckpointError, StepExistsError, StorageError
 
 __all__ = [
+    "abort_upload",
     "atomic_write",
     "fresh_listing",
+    "incomplete_uploads",
     "is_abandoned_temp",
     "is_temp_name",
     "resolve",
@@ -237,14 +239,37 @@ def _remote_atomic_write(
             yield out
 
 
-def _uploads_of(fs: AbstractFileSystem, path: str) -> set[str] | None:
-    """Ids of the S3 multipart uploads in progress for ``path`` (None elsewhere)."""
+def incomplete_uploads(fs: AbstractFileSystem, prefix: str) -> list[tuple[str, str]]:
+    """``(path, upload id)`` of the S3 multipart uploads in progress whose key
+    starts with ``prefix`` (``bucket/key-prefix``); empty on stores without them.
+
+    One listing: at most 1000 uploads, by key and then age, so a sweep
+    that aborts what it finds goes through any number of them over calls.
+    """
     call_s3 = getattr(fs, "call_s3", None)
     if call_s3 is None:
-        return None
+        return []
+    bucket, _, key_prefix = prefix.partition("/")
+    with storage_errors(url_of(fs, prefix)):
+        listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix)
+    return [(f"{bucket}/{u['Key']}", u["UploadId"]) for u in listing.get("Uploads", [])]
+
+
+def abort_upload(fs: AbstractFileSystem, path: str, upload_id: str) -> None:
+    """Abort the S3 multipart upload ``upload_id`` of ``path``; its parts are freed.
+
+    An upload already gone (aborted or completed meanwhile) is not an error.
+    """
     bucket, _, key = path.partition("/")
-    listing = call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
-    return {u["UploadId"] for u in listing.get("Uploads", []) if u["Key"] == key}
+    with storage_errors(url_of(fs, path)), suppress(FileNotFoundError):
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+def _uploads_of(fs: AbstractFileSystem, path: str) -> set[str] | None:
+    """Ids of the S3 multipart uploads in progress for ``path`` (None elsewhere)."""
+    if getattr(fs, "call_s3", None) is None:
+        return None
+    return {upload_id for key, upload_id in incomplete_uploads(fs, path) if key == path}
 
 
 def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | None) -> None:
@@ -254,15 +279,16 @@ def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | N
     file object never heard of; it would linger (and be billed). Uploads that
     existed before the write are left alone; one that another writer of the
     same path began meanwhile cannot be told apart and is aborted too (that
-    writer's save then fails cleanly and its previous object stays).
+    writer's save then fails cleanly and its previous object stays). A create
+    request still in flight now lands later: pruning the run sweeps it
+    (:meth:`storage.checkpoints.CheckpointStore.prune`).
     """
     if before is None:
         return
-    bucket, _, key = path.partition("/")
     try:
         for upload_id in _uploads_of(fs, path) or set():
             if upload_id not in before:
-                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+                abort_upload(fs, path, upload_id)
     except Exception as exc:  # the write's own failure is the one to raise
         logger.warning("%s: could not abort incomplete uploads: %s", url_of(fs, path), exc)
 

@@ -7,7 +7,15 @@ import os
 import pytest
 
 from storage.errors import StepExistsError
-from storage.fs import atomic_write, fresh_listing, is_temp_name, resolve, url_of
+from storage.fs import (
+    abort_upload,
+    atomic_write,
+    fresh_listing,
+    incomplete_uploads,
+    is_temp_name,
+    resolve,
+    url_of,
+)
 
 from .conftest import BUCKET, Root
 
@@ -123,6 +131,29 @@ def test_failed_s3_upload_leaves_no_multipart_upload(s3) -> None:
             raise Boom
     assert not fs.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads")
     assert not fs.exists(path)
+
+
+def test_incomplete_uploads_lists_those_under_the_prefix_only(s3) -> None:
+    fs, _ = resolve(f"s3://{BUCKET}/", s3.storage_options)
+    created = {
+        (f"{BUCKET}/run/{i}.bin", fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key=f"run/{i}.bin")["UploadId"])
+        for i in range(3)
+    }
+    fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key="runs/other.bin")
+    assert set(incomplete_uploads(fs, f"{BUCKET}/run/")) == created
+
+
+def test_abort_upload_frees_it_and_tolerates_one_already_gone(s3) -> None:
+    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    upload_id = fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key="run/a.bin")["UploadId"]
+    abort_upload(fs, path, upload_id)
+    assert incomplete_uploads(fs, f"{BUCKET}/run/") == []
+    abort_upload(fs, path, upload_id)  # a concurrent prune got there first
+
+
+def test_stores_without_uploads_list_none(tmp_path) -> None:
+    fs, path = resolve(str(tmp_path))
+    assert incomplete_uploads(fs, path) == []
 
 
 def test_local_temp_file_is_a_dot_partial_sibling(tmp_path) -> None:
