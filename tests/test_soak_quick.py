@@ -22,11 +22,7 @@ from tests.soak.scale import QUICK
 
 pytestmark = pytest.mark.slow
 
-KNOWN = {
-    # residual of a fixed finding: an upload request delayed past the failed
-    # save's cleanup stays behind until a lifecycle rule aborts it
-    r"incomplete multipart uploads after a failed save": "test_failed_s3_save_leaves_no_incomplete_multipart_upload",
-}
+KNOWN: dict[str, str] = {}  # finding kind (regex) -> its test in test_regressions.py
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from a seeded RNG (:class:`FaultPlan`):
     before it sees the answer (the request took effect, the client cannot know);
 ``stall``
     the request waits a random time before it is forwarded (longer than the
-    client's read timeout, if it is configured low);
+    client's read timeout, if it is configured low). It is forwarded even if
+    the client hung up meanwhile, as a request held up in a network would
+    be; such late deliveries are listed in ``FaultProxy.late``;
 ``cut``
     the response is cut at a random byte and the connection reset;
 ``http500`` / ``http503``
@@ -25,6 +27,7 @@ and the proxy lives happily next to a synchronous test harness.
 from __future__ import annotations
 
 import random
+import select
 import socket
 import struct
 import threading
@@ -85,6 +88,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self._active = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self.url = "http://127.0.0.1:%d" % self._listener.getsockname()[1]
@@ -110,6 +114,7 @@ class FaultProxy:
             self._rng = random.Random(plan.seed)
             self.requests = 0
             self.injected: Counter[str] = Counter()
+            self.late: list[str] = []
 
     def _draw(self, method: str) -> str | None:
         with self._lock:
@@ -126,6 +131,20 @@ class FaultProxy:
                     self.injected[fault] += 1
                     return fault
             return None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being handled (stalled ones delivered); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._active == 0:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def _busy(self, delta: int) -> None:
+        with self._lock:
+            self._active += delta
 
     def _uniform(self, low: float, high: float) -> float:
         with self._lock:
@@ -149,46 +168,86 @@ class FaultProxy:
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(_IDLE_TIMEOUT)
         self._track(client)
-        upstream: socket.socket | None = None
+        upstream = _Upstream()
         try:
             reader = client.makefile("rb")
             while not self._stopping.is_set():
                 request = _read_request(reader, client)
                 if request is None:
                     return
-                method = request.head.split(b" ", 1)[0].decode("latin1")
-                fault = self._draw(method)
-                if fault == "reset":
-                    return _reset(client)
-                if fault in _ERRORS:
-                    client.sendall(_error_response(fault, method))
-                    continue
-                if fault == "stall":
-                    time.sleep(self._uniform(*self._plan.stall_seconds))
-                if upstream is None:
-                    upstream = self._track(socket.create_connection(self._upstream, timeout=_IDLE_TIMEOUT))
-                    upstream_reader = upstream.makefile("rb")
-                upstream.sendall(request.head + request.body)
-                response = _read_response(upstream_reader, method)
-                if response.close:
-                    upstream = _close(upstream)
-                if fault == "reset_after":
-                    return _reset(client)
-                data = response.head + response.body
-                if fault == "cut":
-                    client.sendall(data[: int(self._uniform(0, len(data)))])
-                    return _reset(client)
-                client.sendall(data)
-                if request.close or response.close:
-                    return
-        except (OSError, ValueError):
+                self._busy(+1)
+                try:
+                    self._handle(client, request, upstream)
+                finally:
+                    self._busy(-1)
+        except (OSError, ValueError, _Done):
             return
         finally:
-            _close(client)
-            _close(upstream)
             with self._lock:
                 self._sockets.discard(client)
-                self._sockets.discard(upstream)
+                self._sockets.discard(upstream.sock)
+            _close(client)
+            upstream.close()
+
+    def _handle(self, client: socket.socket, request: _Message, upstream: _Upstream) -> None:
+        """Forward one request, injecting its fault; raise _Done when the client's connection is over."""
+        method = request.head.split(b" ", 1)[0].decode("latin1")
+        fault = self._draw(method)
+        if fault == "reset":
+            _reset(client)
+            raise _Done
+        if fault in _ERRORS:
+            client.sendall(_error_response(fault, method))
+            return
+        if fault == "stall":
+            time.sleep(self._uniform(*self._plan.stall_seconds))
+            if _hung_up(client):
+                with self._lock:
+                    self.late.append(request.head.split(b"\r\n", 1)[0].decode("latin1"))
+        if upstream.sock is None:
+            upstream.connect(self._track(socket.create_connection(self._upstream, timeout=_IDLE_TIMEOUT)))
+        upstream.sock.sendall(request.head + request.body)
+        response = _read_response(upstream.reader, method)
+        if response.close:
+            upstream.close()
+        if fault == "reset_after":
+            _reset(client)
+            raise _Done
+        data = response.head + response.body
+        if fault == "cut":
+            client.sendall(data[: int(self._uniform(0, len(data)))])
+            _reset(client)
+            raise _Done
+        client.sendall(data)
+        if request.close or response.close:
+            raise _Done
+
+
+class _Upstream:
+    """The proxy's connection to the server for one client connection (opened on first use)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.reader: IO[bytes] | None = None
+
+    def connect(self, sock: socket.socket) -> None:
+        self.sock, self.reader = sock, sock.makefile("rb")
+
+    def close(self) -> None:
+        self.sock = self.reader = _close(self.sock)
+
+
+class _Done(Exception):
+    """The client's connection is over."""
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer has closed or reset ``sock`` (nothing unread is consumed)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _close(sock: socket.socket | None) -> None:

@@ -10,7 +10,11 @@ happened; the harness then looks at the bucket directly:
 * a save that returned: its archive equals ``make_state(step)``;
 * a save that raised: the exception is a ``CheckpointError`` (anything else is
   a finding, reported with its type and message), the previous checkpoint
-  still restores exactly, and no incomplete multipart upload is left;
+  still restores exactly, and no incomplete multipart upload is left, except
+  one per create request that the proxy delivered after its client had hung
+  up (a request held up in the network lands after the save gave up);
+* such a late upload is aborted by the prune of the next save that commits
+  (or by ``ckpt prune``): the harness prunes once more and checks;
 * a restore that returned: whole and equal, and not older than the newest
   committed step; a restore that raised: a ``CheckpointError``.
 
@@ -90,8 +94,17 @@ class _Bucket:
         self.direct = CheckpointStore(self.root, keep_last=None, storage_options=env.s3_options())
         self.direct.save(0, make_state(0, nbytes))
         self.committed = 0
+        self.late_uploads = 0
+
+    def _superseded(self, uploads: list[dict[str, Any]]) -> list[str]:
+        from storage.checkpoints import step_of
+
+        steps = [step_of(u["Key"].rpartition("/")[2]) for u in uploads]
+        return [u["Key"] for u, step in zip(uploads, steps) if step is not None and step < self.committed]
 
     def trial(self, step: int, proxy: FaultProxy, workdir: Path, tally: Tally) -> None:
+        from storage.checkpoints import archive_name
+
         out = workdir / f"trial-{step}.json"
         options = {**self.env.s3_options(proxy.url, read_timeout=2, connect_timeout=2), "default_block_size": BLOCK}
         worker = start_worker(faulty_trial, self.root, options, step, self.nbytes, str(out))
@@ -99,6 +112,8 @@ class _Bucket:
         kill(worker)
         problems: list[str] = []
         lost = False
+        if not proxy.wait_idle(TRIAL_TIMEOUT):  # stalled requests land before the bucket is looked at
+            problems.append("the proxy still had requests in flight long after the trial")
         if not out.exists():
             problems.append(f"hang: save+restore of step {step} did not finish in {TRIAL_TIMEOUT} s under {proxy.injected}")
             report: dict[str, Any] = {"save": {"clear": False, "error": "hang"}, "restore": {"clear": False}}
@@ -113,15 +128,24 @@ class _Bucket:
         if save.get("ok") and self.committed != step:
             problems.append(f"saved step missing: save of {step} returned but the archive is not there")
             lost = True
+        uploads = self.env.multipart_uploads(self.prefix)
         if not save.get("ok"):
             if not save["clear"] and save["error"] != "hang":
                 problems.append(f"save failed with a raw {save['error']}: {save['message']} (faults {faults})")
-            leftover = self.env.multipart_uploads(self.prefix)
-            if leftover:
+            # Only a create request delivered after the save gave up may leave one.
+            late = [line for line in proxy.late if line.startswith("POST ") and "?uploads" in line]
+            own = [u for u in uploads if u["Key"].endswith(archive_name(step))]
+            if len(own) > len(late):
                 problems.append(
-                    f"incomplete multipart uploads after a failed save: {len(leftover)} left for step {step} (faults {faults})"
+                    f"incomplete multipart uploads after a failed save: {len(own)} left for step {step}, "
+                    f"{len(late)} create requests landed late (faults {faults})"
                 )
-                self.env.abort_uploads(self.prefix)
+            self.late_uploads += len(own)
+        if any(self._superseded(uploads)):
+            self.direct.prune()  # what the next good save (or `ckpt prune`) does
+            left = self._superseded(self.env.multipart_uploads(self.prefix))
+            if left:
+                problems.append(f"prune left incomplete uploads of steps older than {self.committed}: {left}")
         for check in {previous, self.committed}:
             wrong = mismatch(self.direct.restore(check)[1], check, self.nbytes)
             if wrong:
@@ -151,4 +175,6 @@ def run(scale: Scale, env: SoakEnv, *, seed: int = 2) -> CampaignResult:
         for step in range(1, scale.fault_trials + 1):
             proxy.set_plan(_plan(rng, seed * 100_000 + step))
             bucket.trial(step, proxy, workdir, tally)
+    if bucket.late_uploads:
+        tally.notes.append(f"{bucket.late_uploads} upload(s) created by late requests, aborted by the next save")
     return tally.result()
