@@ -185,18 +185,19 @@ def _local_atomic_write(path: str, exclusive: bool) -> Iterator[IO[bytes]]:
     temp = _temp_sibling(path)
     try:
         with open(temp, "xb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the writer dies
+            # Held until the temp name is gone: released when the writer dies.
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield f
             f.flush()
             os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                raise StepExistsError(f"{path}: already exists") from None
-            os.unlink(temp)
-        else:
-            os.replace(temp, path)
+            if exclusive:
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    raise StepExistsError(f"{path}: already exists") from None
+                os.unlink(temp)
+            else:
+                os.replace(temp, path)
     except BaseException:
         try:
             os.unlink(temp)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
+from typing import Any
 
 import pytest
 
@@ -10,8 +13,10 @@ from storage.errors import StepExistsError
 from storage.fs import (
     abort_upload,
     atomic_write,
+    TEMP_GRACE,
     fresh_listing,
     incomplete_uploads,
+    is_abandoned_temp,
     is_temp_name,
     resolve,
     url_of,
@@ -154,6 +159,41 @@ def test_abort_upload_frees_it_and_tolerates_one_already_gone(s3) -> None:
 def test_stores_without_uploads_list_none(tmp_path) -> None:
     fs, path = resolve(str(tmp_path))
     assert incomplete_uploads(fs, path) == []
+
+
+_publishing: list[tuple[str, bool]] = []
+_watched: list[str] = []  # the folder whose publishing moves the audit hook checks
+
+
+def _check_publish(event: str, args: tuple[Any, ...]) -> None:
+    """Audit hook: when a temp file of the watched folder is published, is it
+    still locked, i.e. would a concurrent sweep of abandoned temp files spare it?"""
+    if event not in ("os.link", "os.rename") or not _watched:
+        return
+    temp = os.fsdecode(args[0])
+    if os.path.dirname(temp) == _watched[0] and is_temp_name(os.path.basename(temp)):
+        fs, _ = resolve(temp)
+        entry = {**fs.info(temp), "mtime": time.time() - 10 * TEMP_GRACE}  # old enough to be swept
+        _publishing.append((event, is_abandoned_temp(fs, entry)))
+
+
+sys.addaudithook(_check_publish)
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_local_temp_file_stays_locked_until_published(tmp_path, exclusive: bool) -> None:
+    """A writer slower than the grace period must not lose its temp file to a
+    sweep in the instant between finishing the data and publishing the name."""
+    fs, path = resolve(str(tmp_path / "a.bin"))
+    _watched[:] = [str(tmp_path)]
+    try:
+        with atomic_write(fs, path, exclusive=exclusive) as f:
+            f.write(b"data")
+    finally:
+        _watched.clear()
+    assert _publishing == [("os.link" if exclusive else "os.rename", False)]
+    _publishing.clear()
+    assert os.listdir(tmp_path) == ["a.bin"]
 
 
 def test_local_temp_file_is_a_dot_partial_sibling(tmp_path) -> None:
