@@ -67,10 +67,21 @@ def busy_worker(root: str, options: dict[str, Any], seed: int, seconds: float, o
             else:
                 store.prune()
         except Exception as exc:  # everything but StepExistsError is a finding
-            problems.append(f"{op} raised {type(exc).__module__}.{type(exc).__name__}: {str(exc)[:200]}")
+            problems.append(
+                f"{op} raised {type(exc).__module__}.{type(exc).__name__}: {str(exc)[:200]} "
+                f"(steps listed now: {_steps_now(store)})"
+            )
         ops[op] += 1
         worst = max(worst, time.monotonic() - started)
     Path(out).write_text(json.dumps({"ops": ops, "problems": problems, "lost": lost, "worst": worst}))
+
+
+def _steps_now(store: Any) -> str:
+    """The steps of the run right after a failure, for the report."""
+    try:
+        return str(store.steps()[-8:])
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
 
 
 def run(scale: Scale, env: SoakEnv, kind: str, *, seed: int = 5) -> CampaignResult:

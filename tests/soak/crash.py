@@ -11,9 +11,10 @@ its save cycle, then checks, with a fresh store:
   nothing but step archives and (local disk only) dot-prefixed temp files.
 
 Temp files of killed local writes are counted, then removed by the harness
-(the store only removes them after ``TEMP_MAX_AGE``); incomplete S3 uploads
-are counted, then aborted (what a bucket lifecycle rule does), so the disk and
-the S3 server's memory stay bounded over hundreds of trials.
+(the store removes them once they are older than ``TEMP_GRACE``); incomplete
+S3 uploads are counted, then aborted (the store's prune aborts those of
+steps older than the newest), so each trial starts from the same kind of
+folder and the S3 server's memory stays bounded over the trials.
 """
 
 from __future__ import annotations

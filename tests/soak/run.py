@@ -19,7 +19,7 @@ from pathlib import Path
 from . import concurrency, crash, diskfull, faults, fuzz, hostile, luigi_kill
 from .env import SoakEnv, create_bucket, moto_server
 from .report import CampaignResult, findings_text, table
-from .scale import BIG, FULL, QUICK, Scale
+from .scale import FULL, QUICK, Scale
 
 Campaign = Callable[[Scale, SoakEnv], CampaignResult]
 
@@ -52,14 +52,12 @@ def run_all(scale: Scale, env: SoakEnv, names: list[str]) -> list[CampaignResult
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak.run", description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small counts (the variant of make test)")
-    size.add_argument("--big", action="store_true", help="crash campaigns with 256 MB / 200 MB states")
+    parser.add_argument("--quick", action="store_true", help="small counts (the variant of make test)")
     parser.add_argument("--only", nargs="+", choices=sorted(CAMPAIGNS), default=list(CAMPAIGNS))
     parser.add_argument("--workdir", type=Path, help="keep scratch files here (default: a temp folder, removed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    scale = QUICK if args.quick else BIG if args.big else FULL
+    scale = QUICK if args.quick else FULL
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         workdir = args.workdir or Path(scratch)
@@ -72,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     details = findings_text(results)
     if details:
         print("\n" + details)
-    kind = "quick" if args.quick else "big" if args.big else "full"
-    print(f"\n{kind} run, {time.monotonic() - started:.0f} s in total")
+    print(f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s in total")
     return 0 if all(r.ok for r in results) else 1
 
 
