@@ -22,7 +22,12 @@ Refused:
   ``_codecs.encode`` only with ``latin1``, as pickle writes it; keyword arguments;
 - dtype arguments that are not strings, dtypes or globals (numpy would put the
   repr of any object into its error message);
-- copying in total more than twice the size of the stream.
+- copying in total more than twice the size of the stream;
+- arrays filled from lists (object and record arrays) of a dtype whose size
+  the stream does not spell out, or of more bytes in total than
+  ``FILL_RATIO`` times the stream: a record dtype can declare any size
+  (``V80000000``, or a field of ten million objects), and numpy allocates and
+  fills it for each element before it looks at the list.
 
 Names the caller trusts beyond the defaults are called freely.
 """
@@ -30,6 +35,7 @@ Names the caller trusts beyond the defaults are called freely.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +85,11 @@ MADE = {"EMPTY_LIST": "list", "LIST": "list", "EMPTY_DICT": "dict", "DICT": "dic
         "EMPTY_SET": "set", "FROZENSET": "set", "BINBYTES": "bytes", "SHORT_BINBYTES": "bytes",
         "BINBYTES8": "bytes", "BYTEARRAY8": "bytes"}
 """Opcode -> kind of the container it pushes."""
+FILL_RATIO = 16
+"""Bytes of arrays filled from lists allowed per byte of stream: an object
+takes at least one byte of stream (``N``) and eight of array."""
+_PLAIN_DTYPE = re.compile(r"[<>|=]?[A-Za-z?]\d*")
+_STRINGDTYPE_SIZE = np.dtype(np.dtypes.StringDType()).itemsize if NUMPY2 else None
 
 
 @dataclass(frozen=True)
@@ -90,10 +101,12 @@ class Global:
 
 @dataclass
 class Value:
-    """Stack value of the audit: what an opcode or call made, and its size in items."""
+    """Stack value of the audit: what an opcode or call made, its size in items
+    and, for a dtype, its bytes per element when the stream states them."""
 
     kind: str
     size: int = 0
+    itemsize: int | None = None
 
 
 def kind(value: Any) -> str:
@@ -147,14 +160,57 @@ def call_problem(target: Any, arguments: Any, kwargs: Any) -> str | None:
     return None
 
 
+def made_itemsize(name: str, arguments: Any) -> int | None:
+    """Bytes per element of the dtype a call makes, if the stream states them:
+    ``numpy.dtype`` of a plain type string (``"O8"``, ``"V24"``, ``"<f8"``), a StringDType."""
+    if name == f"{_CORE}._internal._convert_to_stringdtype_kwargs":
+        return _STRINGDTYPE_SIZE
+    if name != "numpy.dtype" or not isinstance(arguments, tuple) or not arguments:
+        return None
+    spec = arguments[0]
+    if kind(spec) != "str" or not _PLAIN_DTYPE.fullmatch(spec):
+        return None
+    try:
+        return np.dtype(spec).itemsize
+    except (TypeError, ValueError):
+        return None
+
+
+def built_itemsize(itemsize: int | None, state: Any) -> int | None:
+    """Bytes per element of a dtype after ``BUILD`` with ``state``
+    ``(version, endian, subarray, names, fields, elsize, alignment, flags[, metadata])``:
+    the largest of its type's, ``elsize`` and the subarray's; None if not stated."""
+    if itemsize is None or kind(state) != "tuple" or len(state) < 6 or type(state[5]) is not int:
+        return None
+    size = max(itemsize, state[5])
+    subarray = state[2]
+    if subarray is None:
+        return size
+    if not (kind(subarray) == "tuple" and len(subarray) == 2 and isinstance(subarray[0], Value)
+            and subarray[0].itemsize is not None and kind(subarray[1]) == "tuple"
+            and all(type(n) is int and n >= 0 for n in subarray[1])):
+        return None
+    return max(size, subarray[0].itemsize * math.prod(subarray[1]))
+
+
+def filled_bytes(state: Any) -> int:
+    """Bytes numpy allocates for an array ``BUILD`` from a list (0 for bytes data,
+    whose size numpy checks); call only when :func:`array_state_problem` is None."""
+    if kind(state) != "tuple" or len(state) not in (4, 5) or kind(state[-1]) != "list":
+        return 0
+    return math.prod(state[-4]) * state[-3].itemsize
+
+
 def array_state_problem(state: Any) -> str | None:
     """Why no pickler writes this ``BUILD`` state for an array (None: they may)."""
     if kind(state) != "tuple":
         return "numpy.ndarray state that is computed"
     if len(state) not in (4, 5) or kind(state[-1]) in ("str", "bytes"):
         return None  # numpy refuses other lengths, and data whose size does not match the shape
-    shape, data = state[-4], state[-1]
-    if kind(data) == "list" and kind(shape) == "tuple" and all(type(n) is int for n in shape):
-        if math.prod(shape) == data.size:
-            return None
-    return "numpy.ndarray state whose objects do not match its shape"
+    shape, dtype, data = state[-4], state[-3], state[-1]
+    if not (kind(data) == "list" and kind(shape) == "tuple" and all(type(n) is int for n in shape)
+            and math.prod(shape) == data.size):
+        return "numpy.ndarray state whose objects do not match its shape"
+    if not isinstance(dtype, Value) or dtype.itemsize is None:
+        return "numpy.ndarray filled from a list, of a dtype whose size the stream does not state"
+    return None

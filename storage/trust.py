@@ -165,7 +165,7 @@ def audit_pickle(
     marks: list[int] = []
     memo: dict[int, Any] = {}
     problems: set[str] = set()
-    copied = 0
+    copied = filled = 0
 
     def imported(module: str, name: str) -> calls.Global:
         dotted = ".".join(_resolve(module, name, renames))
@@ -181,7 +181,8 @@ def audit_pickle(
 
     def call(target: Any, arguments: Any, kwargs: Any = None) -> calls.Value | None:
         nonlocal copied
-        result = calls.RESULT_KINDS.get(target.name) if isinstance(target, calls.Global) else None
+        name = target.name if isinstance(target, calls.Global) else ""
+        result = calls.RESULT_KINDS.get(name)
         target, arguments, kwargs = calls.callee(target, arguments, kwargs)
         problem = calls.call_problem(target, arguments, kwargs)
         position = calls.ARGUMENT_KINDS.get(getattr(target, "name", ""), (-1,))[0]
@@ -190,7 +191,7 @@ def audit_pickle(
         copied += size
         if problem or copied > 2 * len(data):
             problems.add(problem or "calls copying more than twice the size of the stream")
-        return calls.Value(result, size) if result else None
+        return calls.Value(result, size, calls.made_itemsize(name, arguments)) if result else None
 
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
@@ -220,8 +221,11 @@ def audit_pickle(
                         refused.add(f"{value.name} (BUILD sets its attributes)")
                     elif op == "BUILD" and calls.kind(value) == "array":
                         problem = calls.array_state_problem(args[1])
-                        if problem:
-                            problems.add(problem)
+                        filled += 0 if problem else calls.filled_bytes(args[1])
+                        if problem or filled > calls.FILL_RATIO * len(data):
+                            problems.add(problem or "arrays filled from lists larger than the stream allows")
+                    elif op == "BUILD" and calls.kind(value) == "dtype":
+                        value.itemsize = calls.built_itemsize(value.itemsize, args[1])
                     elif isinstance(value, calls.Value):
                         value.size += len(args) - 1 + len(sliced)
                 elif op in calls.MADE:

@@ -544,6 +544,57 @@ ASKING = {
 }
 
 
+def _record_of_objects(count: int) -> bytes:
+    """numpy's pickle of one record whose field holds 3 objects, edited to
+    declare ``count`` objects: 364 bytes that make numpy allocate and fill
+    8 * ``count`` bytes before it looks at the list."""
+    data = pickle.dumps(np.zeros(1, dtype=[("f", "O", (3,))]), protocol=2)
+    size = f"V{8 * count}".encode()
+    edits = [
+        (b"bK\x03\x85", b"bJ" + count.to_bytes(4, "little") + b"\x85"),  # subarray shape (3,)
+        (b"X\x03\x00\x00\x00V24", b"X" + len(size).to_bytes(4, "little") + size),  # dtype strings
+        (b"NNK\x18K\x08", b"NNJ" + (8 * count).to_bytes(4, "little") + b"K\x08"),  # field dtype elsize
+        (b"sK\x18K\x01", b"sJ" + (8 * count).to_bytes(4, "little") + b"K\x01"),  # record elsize
+    ]
+    for old, new in edits:
+        assert old in data, old
+        data = data.replace(old, new)
+    return data
+
+
+ASKING["one record of 10**8 objects from a one-item list"] = _record_of_objects(10**8)
+
+
+def test_the_record_pickle_edit_keeps_a_loadable_stream() -> None:
+    loaded = load_pickle(_record_of_objects(3), source="r")
+    assert loaded.dtype == np.dtype([("f", "O", (3,))])
+    assert repr(loaded.tolist()) == repr([(np.zeros(3, dtype=object),)])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_arrays_filled_from_lists_load(protocol: int) -> None:
+    state = [
+        np.array([None, "a", 1.5, [1, 2]], dtype=object),
+        np.empty((2, 3), dtype=object),
+        np.zeros(3, dtype=[("x", "f8"), ("o", "O")]),
+        np.zeros(2, dtype=np.dtype([("i", "u1"), ("o", "O")], align=True)),
+        np.zeros(2, dtype=np.dtype({"names": ["o"], "formats": ["O"], "offsets": [0], "itemsize": 64})),
+        np.zeros(2, dtype=[("f", "O", (2, 3)), ("g", "i4")]),
+        np.array(["a", "bc" * 50], dtype=np.dtypes.StringDType()),
+    ]
+    state[2]["o"] = ["p", None, 3]
+    loaded = load_pickle(pickle.dumps(state, protocol=protocol), source="s")
+    assert [a.dtype for a in loaded] == [a.dtype for a in state]
+    assert [repr(a.tolist()) for a in loaded] == [repr(a.tolist()) for a in state]
+
+
+def test_an_array_filled_from_a_list_needs_a_dtype_of_stated_size() -> None:
+    data = _called(RECONSTRUCT, NDARRAY, b"K\x00\x85C\x01b") + b"(K\x01K\x01\x85" + _called(
+        _g("numpy", "dtype"), b"X\x0b\x00\x00\x00(1000000,)O") + b"\x89]Natb."
+    with pytest.raises(CorruptPickleError, match="dtype whose size the stream does not state"):
+        load_pickle(b"\x80\x02" + data, source="s.pkl")
+
+
 @pytest.mark.parametrize("name", sorted(ASKING))
 def test_trusted_callables_asked_for_sizes_are_refused_before_allocating(name: str) -> None:
     data = b"\x80\x02" + ASKING[name] + b"."
