@@ -36,6 +36,7 @@ from storage.trust import (
 )
 
 from .helpers_archive import assert_same
+from .soak.mutations import record_of_objects
 
 PROTOCOLS = [0, 2, 4, 5]
 
@@ -544,29 +545,11 @@ ASKING = {
 }
 
 
-def _record_of_objects(count: int) -> bytes:
-    """numpy's pickle of one record whose field holds 3 objects, edited to
-    declare ``count`` objects: 364 bytes that make numpy allocate and fill
-    8 * ``count`` bytes before it looks at the list."""
-    data = pickle.dumps(np.zeros(1, dtype=[("f", "O", (3,))]), protocol=2)
-    size = f"V{8 * count}".encode()
-    edits = [
-        (b"bK\x03\x85", b"bJ" + count.to_bytes(4, "little") + b"\x85"),  # subarray shape (3,)
-        (b"X\x03\x00\x00\x00V24", b"X" + len(size).to_bytes(4, "little") + size),  # dtype strings
-        (b"NNK\x18K\x08", b"NNJ" + (8 * count).to_bytes(4, "little") + b"K\x08"),  # field dtype elsize
-        (b"sK\x18K\x01", b"sJ" + (8 * count).to_bytes(4, "little") + b"K\x01"),  # record elsize
-    ]
-    for old, new in edits:
-        assert old in data, old
-        data = data.replace(old, new)
-    return data
-
-
-ASKING["one record of 10**8 objects from a one-item list"] = _record_of_objects(10**8)
+ASKING["one record of 10**8 objects from a one-item list"] = record_of_objects(10**8)
 
 
 def test_the_record_pickle_edit_keeps_a_loadable_stream() -> None:
-    loaded = load_pickle(_record_of_objects(3), source="r")
+    loaded = load_pickle(record_of_objects(3), source="r")
     assert loaded.dtype == np.dtype([("f", "O", (3,))])
     assert repr(loaded.tolist()) == repr([(np.zeros(3, dtype=object),)])
 

@@ -12,7 +12,7 @@ three ways (``archive.load``, ``CheckpointStore.restore``, and
 or ``UntrustedTypeError``, and the marker must never appear.
 
 Resource probes (deeply nested pickles, trusted constructors asked for a
-gigabyte) must be refused or loaded within 2 s without growing the process
+gigabyte, a record dtype declaring 800 MB of objects) must be refused or loaded within 2 s without growing the process
 by more than ``PROBE_GROWTH``; the worker runs under ``RLIMIT_AS``.
 """
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .env import SoakEnv, start_worker
-from .mutations import deep_pickle, lying_pickle
+from .mutations import deep_pickle, lying_pickle, record_of_objects
 from .report import CampaignResult, Tally
 from .scale import Scale
 
@@ -155,6 +155,7 @@ def probes(depths: tuple[int, ...]) -> dict[str, bytes]:
             out[f"deep or lying-length pickle, depth {depth}, seed {seed}"] = deep_pickle(random.Random(seed), (depth,))
     for seed in range(6):
         out[f"trusted constructor asked for 1 GB, seed {seed}"] = lying_pickle(random.Random(seed), (10**9,))
+    out["record declaring 10**8 objects (800 MB) in 364 bytes"] = record_of_objects(10**8)
     return {name: _zip([("pkl", data), ("manifest.json", manifest)]) for name, data in out.items()}
 
 

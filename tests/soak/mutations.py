@@ -12,12 +12,15 @@ from the ``random.Random`` passed in, so an input is reproducible from its seed.
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import re
 import struct
 import warnings
 import zipfile
 from collections.abc import Callable
+
+import numpy as np
 
 LOCAL, CENTRAL, END, END64, LOCATOR64 = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 NPY_MAGIC = b"\x93NUMPY"
@@ -150,8 +153,27 @@ def lying_pickle(rng: random.Random, sizes: tuple[int, ...] = (10**10, 2**40)) -
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + n + b"\x85C\x01b\x87R.",
         b"\x80\x02cnumpy\nndarray\n" + n + b"\x85\x81.",
         b"\x80\x02c__builtin__\nrange\n" + n + b"\x85R.",
+        record_of_objects(rng.choice([10**8, 2**28 - 1])),
     ]
     return rng.choice(choices)
+
+
+def record_of_objects(count: int) -> bytes:
+    """numpy's pickle of one record whose field holds 3 objects, edited to
+    declare ``count`` objects (``count`` < 2**28): 364 bytes that make numpy
+    allocate and fill 8 * ``count`` bytes before it looks at the list."""
+    data = pickle.dumps(np.zeros(1, dtype=[("f", "O", (3,))]), protocol=2)
+    size = f"V{8 * count}".encode()
+    edits = [
+        (b"bK\x03\x85", b"bJ" + count.to_bytes(4, "little") + b"\x85"),  # subarray shape (3,)
+        (b"X\x03\x00\x00\x00V24", b"X" + len(size).to_bytes(4, "little") + size),  # dtype strings
+        (b"NNK\x18K\x08", b"NNJ" + (8 * count).to_bytes(4, "little") + b"K\x08"),  # field dtype elsize
+        (b"sK\x18K\x01", b"sJ" + (8 * count).to_bytes(4, "little") + b"K\x01"),  # record elsize
+    ]
+    for old, new in edits:
+        assert old in data, old
+        data = data.replace(old, new)
+    return data
 
 
 def deep_json(rng: random.Random) -> bytes:
