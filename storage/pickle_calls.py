@@ -102,11 +102,16 @@ class Global:
 @dataclass
 class Value:
     """Stack value of the audit: what an opcode or call made, its size in items
-    and, for a dtype, its bytes per element when the stream states them."""
+    and, for a dtype, its bytes per element when the stream states them, whether
+    it is a fresh copy (``numpy.dtype(spec, align, True)``), and whether a
+    ``BUILD`` or anything else has used it yet."""
 
     kind: str
     size: int = 0
     itemsize: int | None = None
+    fresh: bool = False
+    built: bool = False
+    used: bool = False
 
 
 def kind(value: Any) -> str:
@@ -160,20 +165,42 @@ def call_problem(target: Any, arguments: Any, kwargs: Any) -> str | None:
     return None
 
 
-def made_itemsize(name: str, arguments: Any) -> int | None:
-    """Bytes per element of the dtype a call makes, if the stream states them:
-    ``numpy.dtype`` of a plain type string (``"O8"``, ``"V24"``, ``"<f8"``), a StringDType."""
+def made_dtype(name: str, arguments: Any) -> Value:
+    """The dtype a call makes, with its bytes per element if the stream states
+    them: ``numpy.dtype`` of a plain type string (``"O8"``, ``"V24"``,
+    ``"<f8"``), a StringDType."""
+    value = Value("dtype")
     if name == f"{_CORE}._internal._convert_to_stringdtype_kwargs":
-        return _STRINGDTYPE_SIZE
+        value.itemsize = _STRINGDTYPE_SIZE
     if name != "numpy.dtype" or not isinstance(arguments, tuple) or not arguments:
-        return None
+        return value
+    value.fresh = arguments[2:3] == (True,)
     spec = arguments[0]
-    if kind(spec) != "str" or not _PLAIN_DTYPE.fullmatch(spec):
-        return None
-    try:
-        return np.dtype(spec).itemsize
-    except (TypeError, ValueError):
-        return None
+    if kind(spec) == "str" and _PLAIN_DTYPE.fullmatch(spec):
+        try:
+            value.itemsize = np.dtype(spec).itemsize
+        except (TypeError, ValueError):
+            pass
+    return value
+
+
+def mark_used(values: Any) -> None:
+    """Note that an opcode took these stack values (a dtype must be built before)."""
+    for value in values:
+        if isinstance(value, Value):
+            value.used = True
+
+
+def dtype_build_problem(dtype: Value) -> str | None:
+    """Why no pickler writes this ``BUILD`` of a dtype (None: they may). numpy
+    writes it once, right after ``numpy.dtype(spec, align, True)`` made a copy;
+    a ``BUILD`` later changes the layout of arrays made with the dtype, and one
+    of a shared dtype (``copy=False``) changes numpy's own."""
+    if not dtype.fresh:
+        return "numpy.dtype built that is not a fresh copy"
+    if dtype.built or dtype.used:
+        return "numpy.dtype built again or after use"
+    return None
 
 
 def built_itemsize(itemsize: int | None, state: Any) -> int | None:

@@ -19,7 +19,10 @@ arguments are globals of their own, so they only rebuild trusted classes).
 Allowed globals are also called only as picklers call them (the policy is in
 :mod:`storage.pickle_calls`), so a small stream cannot make them allocate a lot:
 ``bytes(10**9)``, ``list(range(N))`` or a gigabyte ``ndarray`` are refused by the
-audit as :class:`CorruptPickleError` before anything runs.
+audit as :class:`CorruptPickleError` before anything runs. A dtype may be built
+(``BUILD``) once, before anything uses it, and must then be one numpy's own
+constructor makes (:mod:`storage.dtypes`): a forged record layout would make
+numpy read and write outside its arrays.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+import numpy as np
+
 from . import pickle_calls as calls
+from .dtypes import layout_problem
 from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
 from .pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
 
@@ -181,17 +187,20 @@ def audit_pickle(
 
     def call(target: Any, arguments: Any, kwargs: Any = None) -> calls.Value | None:
         nonlocal copied
-        name = target.name if isinstance(target, calls.Global) else ""
-        result = calls.RESULT_KINDS.get(name)
+        result = calls.RESULT_KINDS.get(getattr(target, "name", ""))
         target, arguments, kwargs = calls.callee(target, arguments, kwargs)
+        name = getattr(target, "name", "")
+        result = result or calls.RESULT_KINDS.get(name)
         problem = calls.call_problem(target, arguments, kwargs)
-        position = calls.ARGUMENT_KINDS.get(getattr(target, "name", ""), (-1,))[0]
+        position = calls.ARGUMENT_KINDS.get(name, (-1,))[0]
         copy = not problem and 0 <= position < len(arguments)
         size = calls.size(arguments[position]) if copy else 0
         copied += size
         if problem or copied > 2 * len(data):
             problems.add(problem or "calls copying more than twice the size of the stream")
-        return calls.Value(result, size, calls.made_itemsize(name, arguments)) if result else None
+        if result == "dtype":
+            return calls.made_dtype(name, arguments)
+        return calls.Value(result, size) if result else None
 
     try:
         for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
@@ -213,6 +222,9 @@ def audit_pickle(
                     raise ValueError(f"stack underflow at {op}")
                 args = stack[-count:]
                 del stack[-count:]
+            if op not in _PUT_OPS and op not in ("MEMOIZE", "DUP"):
+                calls.mark_used(args[1:] if op == "BUILD" else args)
+                calls.mark_used(sliced)
             if op not in _SPECIAL_OPS:
                 value: Any = None
                 if op in _CHANGED_OPS:
@@ -225,6 +237,10 @@ def audit_pickle(
                         if problem or filled > calls.FILL_RATIO * len(data):
                             problems.add(problem or "arrays filled from lists larger than the stream allows")
                     elif op == "BUILD" and calls.kind(value) == "dtype":
+                        problem = calls.dtype_build_problem(value)
+                        if problem:
+                            problems.add(problem)
+                        value.built = True
                         value.itemsize = calls.built_itemsize(value.itemsize, args[1])
                     elif isinstance(value, calls.Value):
                         value.size += len(args) - 1 + len(sliced)
@@ -233,6 +249,8 @@ def audit_pickle(
                     value = calls.Value(calls.MADE[op], made)
                 elif op in _INT_OPS:
                     value = arg
+                elif op in ("NEWTRUE", "NEWFALSE"):
+                    value = op == "NEWTRUE"
                 elif op in _TUPLE_OPS:
                     value = tuple(sliced or args)
                 elif op in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
@@ -285,13 +303,30 @@ def audit_pickle(
     return Audit(tuple(sorted(found)), tuple(sorted(refused)))
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` maps names and imports only ``allowed`` ones."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler whose ``find_class`` maps names and imports only ``allowed`` ones,
+    and whose ``BUILD`` of a dtype checks the layout it made (:mod:`storage.dtypes`).
+
+    It is pickle's pure-Python unpickler, the one whose opcodes can be
+    extended; the streams it reads are small, since arrays are archive members.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def __init__(self, file: IO[bytes], source: str, allowed: frozenset[str] | None,
                  renames: Mapping[str, str] | None) -> None:
         super().__init__(file, encoding="latin1")
         self._source, self._allowed, self._renames = source, allowed, renames
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        super().load_build()  # type: ignore[misc]
+        if isinstance(target, np.dtype):
+            problem = layout_problem(target)
+            if problem:
+                raise CorruptPickleError(f"{self._source}: malformed pickle: {problem}")
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         # docstring inherited
@@ -318,14 +353,16 @@ def restricted_unpickler(
     renames: Mapping[str, str] | None = None,
     unsafe: bool = False,
     persistent_load: Callable[[Any], Any] | None = None,
-) -> pickle.Unpickler:
+) -> pickle._Unpickler:
     """An unpickler over ``file`` that refuses untrusted globals as it meets them.
 
     ``renames`` and the Python 2 / numpy 1 name mappings apply as in
     :func:`audit_pickle`; ``unsafe=True`` imports any name; ``persistent_load``
     resolves persistent ids. Byte strings of Python 2 pickles decode as latin-1.
-    This is the second line of defense: only :func:`load_pickle` also audits
-    (refusing ``BUILD`` on globals and memo-size bombs before anything runs).
+    Every ``BUILD`` of a dtype is checked against numpy's constructor
+    (:mod:`storage.dtypes`). This is the second line of defense: only
+    :func:`load_pickle` also audits (refusing ``BUILD`` on globals, dtypes
+    built twice or after use, and size bombs before anything runs).
     """
     unpickler = _RestrictedUnpickler(
         file, source, None if unsafe else _trusted_set(trusted), renames

@@ -36,7 +36,7 @@ from storage.trust import (
 )
 
 from .helpers_archive import assert_same
-from .soak.mutations import record_of_objects
+from .soak.mutations import forged_dtype_pickles, record_of_objects
 
 PROTOCOLS = [0, 2, 4, 5]
 
@@ -569,6 +569,29 @@ def test_arrays_filled_from_lists_load(protocol: int) -> None:
     loaded = load_pickle(pickle.dumps(state, protocol=protocol), source="s")
     assert [a.dtype for a in loaded] == [a.dtype for a in state]
     assert [repr(a.tolist()) for a in loaded] == [repr(a.tolist()) for a in state]
+
+
+FORGED = forged_dtype_pickles()
+
+
+@pytest.mark.parametrize("name", sorted(FORGED))
+def test_forged_dtypes_are_refused(name: str) -> None:
+    with pytest.raises(CorruptPickleError, match="forged.pkl: .*dtype"):
+        load_pickle(FORGED[name], source="forged.pkl")
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(FORGED) if "rebuilt" not in name])
+def test_the_unpickler_alone_refuses_dtypes_no_constructor_makes(name: str) -> None:
+    unpickler = restricted_unpickler(io.BytesIO(FORGED[name]), source="forged.pkl")
+    with pytest.raises(CorruptPickleError, match="forged.pkl: malformed pickle: dtype .* numpy"):
+        unpickler.load()
+
+
+def test_a_dtype_built_twice_is_refused_by_the_audit() -> None:
+    state = pickle.dumps(np.dtype([("x", "f8")]), protocol=2)
+    twice = state[:-1] + state[state.index(b"R") + 3:-1] + b"."  # BUILD with the same state again
+    with pytest.raises(CorruptPickleError, match="numpy.dtype built again or after use"):
+        audit_pickle(twice, source="twice.pkl")
 
 
 def test_an_array_filled_from_a_list_needs_a_dtype_of_stated_size() -> None:

@@ -6,7 +6,8 @@ through ``builtins`` (eval, exec, getattr, __import__, open), ``os``/``posix``,
 ``pickle.loads``, numpy helpers (``runstring``, ``numpy.load`` with pickles,
 ``frompyfunc``), protocol tricks (INST, OBJ, a computed or memoized
 ``STACK_GLOBAL``, EXT codes, ``copyreg``), a Theano ``gpuarray`` context
-pickle, and an object-dtype NPY member in a snapshot. Every gadget is loaded
+pickle, an object-dtype NPY member in a snapshot, and record dtypes forged to
+crash numpy or corrupt memory (``forged_dtype_pickles``). Every gadget is loaded
 three ways (``archive.load``, ``CheckpointStore.restore``, and
 ``load_snapshot`` for snapshots): it must be refused with an ``ArchiveError``
 or ``UntrustedTypeError``, and the marker must never appear.
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .env import SoakEnv, start_worker
-from .mutations import deep_pickle, lying_pickle, record_of_objects
+from .mutations import deep_pickle, forged_dtype_pickles, lying_pickle, record_of_objects
 from .report import CampaignResult, Tally
 from .scale import Scale
 
@@ -120,8 +121,8 @@ def hostile_inputs(marker: Path, folder: Path) -> dict[str, tuple[str, bytes]]:
     """``name -> (kind, bytes)``: archives with a hostile pickle, a hostile
     gpuarray context, and a snapshot with an object-dtype NPY member."""
     manifest = _manifest()
-    inputs = {name: ("archive", _zip([("pkl", data), ("manifest.json", manifest)]))
-              for name, data in gadgets(marker, folder).items()}
+    pickles = {**gadgets(marker, folder), **forged_dtype_pickles()}
+    inputs = {name: ("archive", _zip([("pkl", data), ("manifest.json", manifest)])) for name, data in pickles.items()}
     os_system = _pickle(_call(_g("os", "system"), _v(f"touch {marker}")))
     npy = io.BytesIO()
     np.save(npy, np.zeros(2))

@@ -19,6 +19,7 @@ import struct
 import warnings
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -158,6 +159,14 @@ def lying_pickle(rng: random.Random, sizes: tuple[int, ...] = (10**10, 2**40)) -
     return rng.choice(choices)
 
 
+def _edited(data: bytes, edits: list[tuple[bytes, bytes]]) -> bytes:
+    """``data`` with every ``old`` replaced by ``new``, for each pair (each must occur)."""
+    for old, new in edits:
+        assert old in data, old
+        data = data.replace(old, new)
+    return data
+
+
 def record_of_objects(count: int) -> bytes:
     """numpy's pickle of one record whose field holds 3 objects, edited to
     declare ``count`` objects (``count`` < 2**28): 364 bytes that make numpy
@@ -170,10 +179,39 @@ def record_of_objects(count: int) -> bytes:
         (b"NNK\x18K\x08", b"NNJ" + (8 * count).to_bytes(4, "little") + b"K\x08"),  # field dtype elsize
         (b"sK\x18K\x01", b"sJ" + (8 * count).to_bytes(4, "little") + b"K\x01"),  # record elsize
     ]
-    for old, new in edits:
-        assert old in data, old
-        data = data.replace(old, new)
-    return data
+    return _edited(data, edits)
+
+
+def forged_dtype_pickles() -> dict[str, bytes]:
+    """numpy's pickles of record arrays, edited so the dtype they rebuild is
+    one no constructor makes, or is rebuilt after an array used it. numpy's
+    own unpickling of the first two crashes (segfault); of the last, an array
+    claims 16,016 bytes over a 16-byte buffer."""
+    def dumps(obj: Any, fast: bool = False) -> bytes:
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=2)
+        pickler.fast = fast  # no memo: a fragment of the stream stands alone
+        pickler.dump(obj)
+        return out.getvalue()
+
+    padded = dumps(np.zeros(1, dtype=np.dtype({"names": ["o"], "formats": ["O"], "offsets": [0], "itemsize": 64})))
+    one = dumps(np.zeros(1, dtype=[("o", "O")]))
+    union = dumps(np.zeros(1, dtype=np.dtype({"names": ["o", "x"], "formats": ["O", "f8"], "offsets": [0, 8]})))
+    subarray = dumps(np.zeros(1, dtype=[("f", "O", (3,))]))
+    small = dumps(np.zeros(2, dtype=[("x", "f8")]))
+    big = dumps(np.dtype([("x", "f8"), ("y", "f8", (1000,))]), fast=True)
+    reduced = small.index(b"R", small.index(b"cnumpy\ndtype\n"))
+    memo = small[reduced + 2:reduced + 3]  # the dtype's BINPUT index
+    return {
+        "object field past the end of the item": _edited(padded, [(b"bK\x00\x86", b"bM\xa0\x0f\x86")]),
+        "object field without the object flag, pointer bytes from the stream": _edited(one, [
+            (b"K\x08K\x01K\x1bt", b"K\x08K\x01K\x00t"), (b"]q\x19K\x00\x85q\x1aa", b"C\x08AAAAAAAA")]),
+        "object field overlapping a float field": _edited(union, [(b"bK\x08\x86", b"bK\x00\x86")]),
+        "subarray of 3 objects in an 8-byte field": _edited(subarray, [(b"NNK\x18K\x08", b"NNK\x08K\x08")]),
+        "dtype rebuilt after an array used it": small[:-1] + b"h" + memo + big[big.index(b"R") + 1:-2] + b"b0.",
+        "numpy's own float64 (copy=False) rebuilt": b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x89\x87R"
+        b"(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.",
+    }
 
 
 def deep_json(rng: random.Random) -> bytes:
