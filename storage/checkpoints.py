@@ -29,11 +29,13 @@ Retention
     local writer keeps a lock on its temp file), so a write in progress in
     another process is never touched. On object stores an
     interrupted upload leaves no visible object, and a failed save aborts the
-    multipart uploads it began. A create request that was still in flight
-    when the save gave up can land later and leave an incomplete upload; so
-    every prune also aborts the incomplete uploads of archives older than the
-    newest listed step. Those can never become the newest checkpoint (a
-    writer that is still uploading one is behind; its save then fails).
+    multipart uploads it began. A killed save, or a create request still in
+    flight when a failed save gave up, leaves an incomplete upload (billed,
+    invisible); every prune aborts those of steps whose archive exists, as
+    they can never complete (the write is exclusive). So the leftovers of a
+    step go when that step is saved again, as a retried task does; uploads of
+    other steps may be live saves and are left alone (a bucket lifecycle rule
+    ``AbortIncompleteMultipartUpload`` covers steps never saved again).
 
 Asynchronous saves
     ``save(..., block=False)`` pickles the state and copies its arrays in the
@@ -428,15 +430,15 @@ class CheckpointStore:
             return doomed
         for temp in listing.stale_temps:
             self._remove(temp)
-        if listing.steps:
-            self._abort_superseded_uploads(listing.steps[-1])
+        self._abort_doomed_uploads(set(listing.steps))
         return [s for s in doomed if self._remove(self._path(s))]
 
-    def _abort_superseded_uploads(self, newest: int) -> None:
-        """Abort the incomplete multipart uploads of archives older than ``newest``."""
+    def _abort_doomed_uploads(self, existing: set[int]) -> None:
+        """Abort the incomplete multipart uploads of the ``existing`` steps."""
+        if not existing:
+            return
         for path, upload_id in incomplete_uploads(self._fs, f"{self._root}/step-"):
-            step = step_of(path.rpartition("/")[2])
-            if step is not None and step < newest:
+            if step_of(path.rpartition("/")[2]) in existing:
                 logger.info("aborting the incomplete upload %s of %s", upload_id, url_of(self._fs, path))
                 abort_upload(self._fs, path, upload_id)
 

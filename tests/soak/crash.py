@@ -13,8 +13,9 @@ its save cycle, then checks, with a fresh store:
 Temp files of killed local writes are counted, then removed by the harness
 (the store removes them once they are older than ``TEMP_GRACE``, longer than a
 trial). Incomplete S3 uploads of killed saves are left to the store, whose
-prune aborts those of steps older than the newest: uploads of steps two or
-more behind the newest committed one are a finding.
+prune aborts those of steps whose archive exists (the next saver saves the
+killed step again): uploads of steps two or more behind the newest committed
+one are a finding.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class _Run:
 
     def clean(self) -> list[str]:
         """Remove local temp files; on S3 check that saves abort the uploads
-        of killed saves once a newer step commits (left to the store)."""
+        of killed saves once their step is saved (left to the store)."""
         if self.kind == "local":
             for temp in Path(self.root).glob(".*.partial"):
                 temp.unlink()
@@ -157,8 +158,9 @@ class _Run:
 
         uploads = self.env.multipart_uploads(self.root.split("/", 3)[3])
         self.litter = max(self.litter, len(uploads))
-        # a killed save leaves the upload of newest + 1; a save killed in its
-        # prune can leave one of the step before the newest
+        # a killed save leaves uploads of newest + 1, aborted by the prune
+        # after that step is saved; a save killed before its prune leaves
+        # those of the newest step until the next save
         stale = [u["Key"] for u in uploads if (step_of(u["Key"].rpartition("/")[2]) or 0) < self.newest_committed - 1]
         return [f"incomplete uploads of old steps not aborted by later saves: {stale}"] if stale else []
 
@@ -173,7 +175,7 @@ def run(scale: Scale, env: SoakEnv, kind: str, *, seed: int = 1) -> CampaignResu
     for index in range(trials):
         folder.trial(index, rng)
     litter = (f"{folder.litter} temp files left by killed saves (removed by the harness)" if kind == "local"
-              else f"at most {folder.litter} incomplete uploads at a time (aborted by later saves)")
+              else f"at most {folder.litter} incomplete uploads at a time (aborted once their step is saved)")
     tally.notes.append(
         f"{litter}; newest committed step {folder.newest_committed}; median save cycle {folder.cycle():.2f} s"
     )

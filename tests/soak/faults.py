@@ -1,7 +1,9 @@
 """Campaign 2: storage faults between s3fs and the S3 server.
 
 Each trial draws a fault mix (seeded), then a worker process saves the
-next step and restores the newest checkpoint through the fault proxy. Most
+step after the newest committed one (a failed save is retried by the next
+trial, as a rerun task would) and restores the newest checkpoint through the
+fault proxy. Most
 trials are weather (1-3 faults at 3-25 % per request); every fourth (the
 first included) is a storm (one fault at 90 %, at most 15 of them) that
 retries cannot ride out, so the failure paths run. The worker reports what
@@ -13,8 +15,8 @@ happened; the harness then looks at the bucket directly:
   still restores exactly, and no incomplete multipart upload is left, except
   one per create request that the proxy delivered after its client had hung
   up (a request held up in the network lands after the save gave up);
-* such a late upload is aborted by the prune of the next save that commits
-  (or by ``ckpt prune``): the harness prunes once more and checks;
+* once the step is saved, no incomplete upload of it is left (its prune
+  aborts them; if that prune failed under the faults, one more prune must);
 * a restore that returned: whole and equal, and not older than the newest
   committed step; a restore that raised: a ``CheckpointError``.
 
@@ -94,18 +96,14 @@ class _Bucket:
         self.direct = CheckpointStore(self.root, keep_last=None, storage_options=env.s3_options())
         self.direct.save(0, make_state(0, nbytes))
         self.committed = 0
+        self.late_creates = 0  # of the step being retried
         self.late_uploads = 0
 
-    def _superseded(self, uploads: list[dict[str, Any]]) -> list[str]:
-        from storage.checkpoints import step_of
-
-        steps = [step_of(u["Key"].rpartition("/")[2]) for u in uploads]
-        return [u["Key"] for u, step in zip(uploads, steps) if step is not None and step < self.committed]
-
-    def trial(self, step: int, proxy: FaultProxy, workdir: Path, tally: Tally) -> None:
+    def trial(self, index: int, proxy: FaultProxy, workdir: Path, tally: Tally) -> None:
         from storage.checkpoints import archive_name
 
-        out = workdir / f"trial-{step}.json"
+        step = self.committed + 1  # a failed save is retried, as a rerun task would
+        out = workdir / f"trial-{index}.json"
         options = {**self.env.s3_options(proxy.url, read_timeout=2, connect_timeout=2), "default_block_size": BLOCK}
         worker = start_worker(faulty_trial, self.root, options, step, self.nbytes, str(out))
         worker.join(TRIAL_TIMEOUT)
@@ -128,24 +126,26 @@ class _Bucket:
         if save.get("ok") and self.committed != step:
             problems.append(f"saved step missing: save of {step} returned but the archive is not there")
             lost = True
-        uploads = self.env.multipart_uploads(self.prefix)
-        if not save.get("ok"):
-            if not save["clear"] and save["error"] != "hang":
-                problems.append(f"save failed with a raw {save['error']}: {save['message']} (faults {faults})")
-            # Only a create request delivered after the save gave up may leave one.
-            late = [line for line in proxy.late if line.startswith("POST ") and "?uploads" in line]
-            own = [u for u in uploads if u["Key"].endswith(archive_name(step))]
-            if len(own) > len(late):
+        if not save.get("ok") and not save["clear"] and save["error"] != "hang":
+            problems.append(f"save failed with a raw {save['error']}: {save['message']} (faults {faults})")
+        key = f"{self.prefix}/{archive_name(step)}"
+        own = self.env.multipart_uploads(key)
+        if self.committed == step:
+            if own:  # the save's own prune may have failed under the faults
+                self.direct.prune()
+                own = self.env.multipart_uploads(key)
+            if own:
+                problems.append(f"incomplete uploads of step {step} survive its save and a prune: {len(own)}")
+            self.late_creates = 0
+        else:
+            # Only a create request delivered after a save gave up may leave one.
+            self.late_creates += sum(line.startswith("POST ") and "?uploads" in line for line in proxy.late)
+            if len(own) > self.late_creates:
                 problems.append(
                     f"incomplete multipart uploads after a failed save: {len(own)} left for step {step}, "
-                    f"{len(late)} create requests landed late (faults {faults})"
+                    f"{self.late_creates} create requests landed late (faults {faults})"
                 )
-            self.late_uploads += len(own)
-        if any(self._superseded(uploads)):
-            self.direct.prune()  # what the next good save (or `ckpt prune`) does
-            left = self._superseded(self.env.multipart_uploads(self.prefix))
-            if left:
-                problems.append(f"prune left incomplete uploads of steps older than {self.committed}: {left}")
+            self.late_uploads = max(self.late_uploads, len(own))
         for check in {previous, self.committed}:
             wrong = mismatch(self.direct.restore(check)[1], check, self.nbytes)
             if wrong:
@@ -172,9 +172,10 @@ def run(scale: Scale, env: SoakEnv, *, seed: int = 2) -> CampaignResult:
     bucket = _Bucket(env, scale.fault_bytes)
     workdir = env.folder("faults")
     with FaultProxy(env.endpoint_url) as proxy:
-        for step in range(1, scale.fault_trials + 1):
-            proxy.set_plan(_plan(rng, seed * 100_000 + step))
-            bucket.trial(step, proxy, workdir, tally)
+        for index in range(1, scale.fault_trials + 1):
+            proxy.set_plan(_plan(rng, seed * 100_000 + index))
+            bucket.trial(index, proxy, workdir, tally)
     if bucket.late_uploads:
-        tally.notes.append(f"{bucket.late_uploads} upload(s) created by late requests, aborted by the next save")
+        tally.notes.append(f"up to {bucket.late_uploads} upload(s) made by late create requests, "
+                           "aborted once their step was saved")
     return tally.result()
