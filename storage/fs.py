@@ -233,7 +233,7 @@ def _remote_atomic_write(
         _drop(f)
         before = _uploads_of(fs, path)
         upload = fs.open(path, "xb" if exclusive else "wb", autocommit=False)
-        with _uploading(fs, path, upload, before) as out:
+        with _uploading(fs, path, upload, before, exclusive) as out:
             yield out
     else:
         with _moved_into_place(fs, temp, f, path, exclusive) as out:
@@ -306,7 +306,7 @@ def _drop(f: AbstractBufferedFile) -> None:
 
 @contextmanager
 def _uploading(
-    fs: AbstractFileSystem, path: str, f: AbstractBufferedFile, before: set[str] | None
+    fs: AbstractFileSystem, path: str, f: AbstractBufferedFile, before: set[str] | None, exclusive: bool
 ) -> Iterator[IO[bytes]]:
     try:
         yield f
@@ -315,7 +315,7 @@ def _uploading(
             f.commit()
         except FileExistsError:
             raise StepExistsError(f"{url_of(fs, path)}: already exists") from None
-    except BaseException:
+    except BaseException as exc:
         # With a known upload id only that upload is aborted; without one the
         # creation itself failed, maybe after the server made uploads whose
         # answers were lost: those are swept.
@@ -323,9 +323,23 @@ def _uploading(
         _drop(f)
         if not created:
             _abort_stray_uploads(fs, path, before)
+        if exclusive and isinstance(exc, Exception) and not isinstance(exc, StepExistsError):
+            _raise_if_written_meanwhile(fs, path, exc)
         raise
     finally:
         fs.invalidate_cache(path)
+
+
+def _raise_if_written_meanwhile(fs: AbstractFileSystem, path: str, exc: Exception) -> None:
+    """An exclusive upload that failed while ``path`` came to exist is a lost
+    race, whatever the error said: a prune aborts uploads of existing steps
+    (and a commit whose answer was lost is retried against a completed upload)."""
+    try:
+        exists = _exists_fresh(fs, path)
+    except Exception:  # the write's own failure is the one to raise
+        return
+    if exists:
+        raise StepExistsError(f"{url_of(fs, path)}: already exists (written while this upload ran)") from exc
 
 
 @contextmanager
