@@ -316,30 +316,32 @@ def _uploading(
         except FileExistsError:
             raise StepExistsError(f"{url_of(fs, path)}: already exists") from None
     except BaseException as exc:
+        upload_id = (getattr(f, "mpu", None) or {}).get("UploadId")
+        lost = exclusive and isinstance(exc, Exception) and not isinstance(exc, StepExistsError)
+        lost = lost and _lost_race(fs, path, upload_id)
         # With a known upload id only that upload is aborted; without one the
         # creation itself failed, maybe after the server made uploads whose
         # answers were lost: those are swept.
-        created = getattr(f, "mpu", None) is not None
         _drop(f)
-        if not created:
+        if upload_id is None:
             _abort_stray_uploads(fs, path, before)
-        if exclusive and isinstance(exc, Exception) and not isinstance(exc, StepExistsError):
-            _raise_if_written_meanwhile(fs, path, exc)
+        if lost:
+            raise StepExistsError(f"{url_of(fs, path)}: another writer saved it while this upload ran") from exc
         raise
     finally:
         fs.invalidate_cache(path)
 
 
-def _raise_if_written_meanwhile(fs: AbstractFileSystem, path: str, exc: Exception) -> None:
-    """An exclusive upload that failed while ``path`` came to exist is a lost
-    race, whatever the error said: a prune aborts uploads of existing steps
-    (and a commit whose answer was lost is retried against a completed upload)."""
+def _lost_race(fs: AbstractFileSystem, path: str, upload_id: str | None) -> bool:
+    """Whether an exclusive upload of ``path`` failed because another writer won:
+    ``path`` exists now, or the upload was aborted under it (a prune aborts the
+    uploads of steps that exist, and that archive may be pruned since)."""
     try:
-        exists = _exists_fresh(fs, path)
+        if _exists_fresh(fs, path):
+            return True
+        return upload_id is not None and upload_id not in (_uploads_of(fs, path) or set())
     except Exception:  # the write's own failure is the one to raise
-        return
-    if exists:
-        raise StepExistsError(f"{url_of(fs, path)}: already exists (written while this upload ran)") from exc
+        return False
 
 
 @contextmanager

@@ -157,22 +157,28 @@ def test_an_upload_landing_after_a_failed_save_is_aborted_once_that_step_is_save
     assert store.steps() == [1, 2]
 
 
-def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_exists(s3: S3Server) -> None:
+@pytest.mark.parametrize("pruned_since", [False, True])
+def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_exists(
+    s3: S3Server, pruned_since: bool
+) -> None:
     from storage.errors import StepExistsError
     from storage.fs import abort_upload, atomic_write, incomplete_uploads, resolve
 
     options = {**s3.storage_options, "default_block_size": 5 << 20, "config_kwargs": {"retries": {"max_attempts": 1}}}
     fs, path = resolve(f"s3://{BUCKET}/behind/step-000000000001.zip", options)
     data = np.arange(800_000.0).tobytes()  # 6.4 MB: a multipart upload of 5 MB parts
-    with pytest.raises(StepExistsError, match="written while this upload ran"):
+    with pytest.raises(StepExistsError, match="another writer saved it while this upload ran"):
         with atomic_write(fs, path, exclusive=True) as f:
             f.write(data)  # the first part is uploaded ...
             with atomic_write(fs, path, exclusive=True) as other:
                 other.write(b"another writer's step 1")
-            for upload in incomplete_uploads(fs, path):  # ... and a prune aborts the rest
+            for upload in incomplete_uploads(fs, path):  # ... a prune aborts the rest ...
                 abort_upload(fs, *upload)
+            if pruned_since:  # ... and maybe the step is pruned too before this writer notices
+                fs.rm_file(path)
             f.write(data)
-    assert fs.cat_file(path) == b"another writer's step 1"
+    assert fs.exists(path) is not pruned_since
+    assert incomplete_uploads(fs, path) == []
 
 
 def test_a_failed_s3_save_does_not_abort_another_writers_upload(s3: S3Server) -> None:
