@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["constructed_like", "layout_problem"]
+__all__ = ["layout_problem"]
 
 
-def constructed_like(dtype: np.dtype[Any]) -> np.dtype[Any]:
+def _constructed_like(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """``dtype`` made again by numpy's constructor from its public description
     (names, formats, offsets, titles, item size; subarray; type string).
 
@@ -30,7 +30,7 @@ def constructed_like(dtype: np.dtype[Any]) -> np.dtype[Any]:
         fields = [dtype.fields[name] for name in dtype.names]  # type: ignore[index]
         spec: dict[str, Any] = {
             "names": list(dtype.names),
-            "formats": [constructed_like(field[0]) for field in fields],
+            "formats": [_constructed_like(field[0]) for field in fields],
             "offsets": [field[1] for field in fields],
             "itemsize": dtype.itemsize,
         }
@@ -39,14 +39,14 @@ def constructed_like(dtype: np.dtype[Any]) -> np.dtype[Any]:
         return np.dtype(spec, align=dtype.isalignedstruct)
     if dtype.subdtype is not None:
         base, shape = dtype.subdtype
-        return np.dtype((constructed_like(base), shape))
+        return np.dtype((_constructed_like(base), shape))
     return np.dtype(dtype.str)
 
 
 def layout_problem(dtype: np.dtype[Any]) -> str | None:
     """Why numpy's constructor would not make ``dtype`` (None: it would)."""
     try:
-        expected = constructed_like(dtype)
+        expected = _constructed_like(dtype)
     except (TypeError, ValueError, KeyError) as exc:
         return f"dtype {dtype} has a layout numpy refuses: {exc}"
     for what in ("itemsize", "flags", "alignment", "hasobject"):

@@ -281,8 +281,8 @@ def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | N
     existed before the write are left alone; one that another writer of the
     same path began meanwhile cannot be told apart and is aborted too (that
     writer's save then fails cleanly and its previous object stays). A create
-    request still in flight now lands later: pruning the run sweeps it
-    (:meth:`storage.checkpoints.CheckpointStore.prune`).
+    request still in flight now lands later; the store's prune aborts it once
+    the step is saved (:meth:`storage.checkpoints.CheckpointStore.prune`).
     """
     if before is None:
         return
