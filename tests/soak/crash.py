@@ -15,7 +15,9 @@ Temp files of killed local writes are counted, then removed by the harness
 trial). Incomplete S3 uploads of killed saves are left to the store, whose
 prune aborts those of steps whose archive exists (the next saver saves the
 killed step again): uploads of steps two or more behind the newest committed
-one are a finding.
+one are a finding. A step killed again and again piles them up, so past
+``MAX_STRAYS`` the harness aborts them (what a bucket lifecycle rule does)
+to bound the S3 server's memory.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from .scale import Scale
 from .states import make_state, mismatch
 
 KEEP_LAST = 2
+MAX_STRAYS = 3
+"""Incomplete S3 uploads the harness lets pile up (parts of 200 MB states
+held by the moto server) before aborting them, as a lifecycle rule would."""
 
 
 def saver(root: str, options: dict[str, Any], nbytes: int, log: str) -> None:
@@ -87,6 +92,7 @@ class _Run:
         self.newest_committed = 0
         self.cycles: list[float] = []
         self.litter = 0
+        self.trimmed = 0
 
     def cycle(self) -> float:
         return statistics.median(self.cycles) if self.cycles else 0.0
@@ -162,6 +168,8 @@ class _Run:
         # after that step is saved; a save killed before its prune leaves
         # those of the newest step until the next save
         stale = [u["Key"] for u in uploads if (step_of(u["Key"].rpartition("/")[2]) or 0) < self.newest_committed - 1]
+        if len(uploads) > MAX_STRAYS:  # a step killed again and again: bound the server's memory
+            self.trimmed += self.env.abort_uploads(self.root.split("/", 3)[3])
         return [f"incomplete uploads of old steps not aborted by later saves: {stale}"] if stale else []
 
 
@@ -175,7 +183,8 @@ def run(scale: Scale, env: SoakEnv, kind: str, *, seed: int = 1) -> CampaignResu
     for index in range(trials):
         folder.trial(index, rng)
     litter = (f"{folder.litter} temp files left by killed saves (removed by the harness)" if kind == "local"
-              else f"at most {folder.litter} incomplete uploads at a time (aborted once their step is saved)")
+              else f"at most {folder.litter} incomplete uploads at a time (aborted once their step is saved; "
+              f"{folder.trimmed} aborted by the harness past {MAX_STRAYS})")
     tally.notes.append(
         f"{litter}; newest committed step {folder.newest_committed}; median save cycle {folder.cycle():.2f} s"
     )
