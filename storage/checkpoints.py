@@ -17,7 +17,8 @@ The newest good checkpoint
     and skipped, never loaded; :meth:`CheckpointStore.restore` also falls back
     when the full load fails with an :class:`ArchiveError`. A file that
     vanishes while it is being read (another process pruned it) makes the
-    store list again: newer checkpoints exist by then.
+    store list again: newer checkpoints exist by then. "No good checkpoint"
+    takes two listings in a row that agree.
 
 Retention
     After each committed save, and on :meth:`CheckpointStore.prune`: keep the
@@ -390,13 +391,23 @@ class CheckpointStore:
         return None
 
     def _newest(self, check: Callable[[int], T]) -> tuple[int, T] | None:
+        """Newest ``(step, check(step))`` that passes; None only when two listings
+        in a row hold the same steps and none passes (a listing of a folder that
+        other processes change can miss what they wrote meanwhile)."""
+        seen: list[int] | None = None
         for _ in range(_RELISTS):
+            steps = self._scan().steps
+            if steps == seen:
+                return None
             try:
-                return self._first_passing(self._scan().steps, check)
+                found = self._first_passing(steps, check)
             except FileNotFoundError:
                 continue  # pruned under us: newer checkpoints exist now
+            if found is not None:
+                return found
+            seen = steps
         raise CheckpointNotFoundError(
-            f"{self.root_url}: checkpoints kept vanishing under concurrent pruning"
+            f"{self.root_url}: checkpoints kept changing under concurrent writers and pruning"
         )
 
     def _info_from(self, step: int, size: int, manifest: dict[str, Any]) -> CheckpointInfo:
