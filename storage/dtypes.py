@@ -49,7 +49,7 @@ def layout_problem(dtype: np.dtype[Any]) -> str | None:
         expected = _constructed_like(dtype)
     except (TypeError, ValueError, KeyError) as exc:
         return f"dtype {dtype} has a layout numpy refuses: {exc}"
-    for what in ("itemsize", "flags", "alignment", "hasobject"):
+    for what in ("itemsize", "flags", "alignment"):
         if getattr(expected, what) != getattr(dtype, what):
             return f"dtype {dtype} has {what} {getattr(dtype, what)}, numpy makes {getattr(expected, what)}"
     if expected != dtype:
