@@ -20,7 +20,7 @@ test: $(STAMP)
 # step 120 (the retry resumes from checkpoint 100), export today's snapshot to
 # ./exports, then show both with `ckpt`. A second run finds the work done.
 DEMO_DATE := $(shell date -u +%F)
-DEMO_LUIGI := LUIGI_CONFIG_PATH=configs/luigi.cfg $(BIN)/luigi --module pipeline.mlp
+DEMO_LUIGI := LUIGI_CONFIG_PATH=configs/luigi.cfg $(BIN)/luigi --module luigi_checkpoint.pipeline.mlp
 
 demo: $(STAMP)
 	$(DEMO_LUIGI) ExportMLP --date $(DEMO_DATE) --after-training --fail-at-step 120

@@ -178,7 +178,7 @@ def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
         return [Row("S3", "all S3 cases", skipped=f"n/a ({missing})")]
     from . import s3
 
-    ours = unavailable(("storage.checkpoints",))
+    ours = unavailable(("luigi_checkpoint.storage.checkpoints",))
     rows = []
     with s3.s3_server() as server:
         if "s3" in wanted:

@@ -51,14 +51,14 @@ def unavailable(modules: tuple[str, ...], without: tuple[str, ...] = ()) -> str 
 
 
 def _save_ours(state: dict[str, np.ndarray], path: str) -> None:
-    from storage.archive import dump
+    from luigi_checkpoint.storage.archive import dump
 
     with open(path, "wb") as f:
         dump(state, f)
 
 
 def _save_ours_fsync(state: dict[str, np.ndarray], path: str) -> None:
-    from storage.archive import dump
+    from luigi_checkpoint.storage.archive import dump
 
     dump(state, path)
 
@@ -97,13 +97,13 @@ def _save_torch(state: dict[str, np.ndarray], path: str) -> None:
 
 
 def _load_ours(layout: Layout, path: str) -> Any:
-    from storage.archive import load
+    from luigi_checkpoint.storage.archive import load
 
     return load(path)
 
 
 def _load_ours_mmap_touched(layout: Layout, path: str) -> Any:
-    from storage.archive import load
+    from luigi_checkpoint.storage.archive import load
 
     state = load(path, mmap=True)
     for name in layout.names:
@@ -138,7 +138,7 @@ def _load_torch(layout: Layout, path: str) -> Any:
 
 
 def _open_ours_mmap(layout: Layout, path: str) -> Any:
-    from storage.archive import load
+    from luigi_checkpoint.storage.archive import load
 
     return load(path, mmap=True)
 
@@ -155,7 +155,7 @@ def touch_pages(array: np.ndarray) -> int:
     return int(flat[::PAGE].sum(dtype=np.uint64))
 
 
-OURS = ("storage.archive",)
+OURS = ("luigi_checkpoint.storage.archive",)
 
 CASES: tuple[Case, ...] = (
     Case("save", "raw os.write", "raw.bin", lambda s, p: write_raw(s, p), baseline=True),

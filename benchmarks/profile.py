@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arrays", type=int, default=8)
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args(argv)
-    from storage.archive import dump, load
+    from luigi_checkpoint.storage.archive import dump, load
 
     state = make_state(make_layout(args.size_mb * MiB, args.arrays))
     SCRATCH.mkdir(exist_ok=True)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         _profile("dump (open file, no fsync)", save, args.top)
         warm_page_cache(path)
         _profile("load (read into fresh memory)", lambda: load(path), args.top)
-        from storage.checkpoints import CheckpointStore
+        from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
         store = CheckpointStore(os.path.join(folder, "run"), keep_last=1)
         store.save(0, state)

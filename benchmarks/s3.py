@@ -145,7 +145,7 @@ def transfer_cases(
         "s3fs cat_file": _timed(repeats, lambda i: fs.cat_file(peer)),
     }
     if ours:
-        from storage.checkpoints import CheckpointStore
+        from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
         url = f"s3://{BUCKET}/transfer"
         store = CheckpointStore(url, storage_options=options, keep_last=repeats)
@@ -164,9 +164,9 @@ def _check_restored(store: Any, state: dict[str, np.ndarray]) -> None:
 
 def latest_step_case(server: Server, archives: int, repeats: int) -> dict[str, Any]:
     """``latest_step()`` over ``archives`` tiny archives vs one plain listing."""
-    from storage.archive import dump
-    from storage.checkpoints import CheckpointStore
-    from storage.fs import fresh_listing, resolve
+    from luigi_checkpoint.storage.archive import dump
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.fs import fresh_listing, resolve
 
     options = server.storage_options
     fs, _ = resolve(f"s3://{BUCKET}", options)

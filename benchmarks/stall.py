@@ -15,7 +15,7 @@ import numpy as np
 Step = Callable[[int], None]
 
 NAMES = ("np.copyto into preallocated buffers", "ours save(block=False)", "ours save(block=True)")
-REQUIRES = {NAMES[0]: (), NAMES[1]: ("storage.checkpoints",), NAMES[2]: ("storage.checkpoints",)}
+REQUIRES = {NAMES[0]: (), NAMES[1]: ("luigi_checkpoint.storage.checkpoints",), NAMES[2]: ("luigi_checkpoint.storage.checkpoints",)}
 
 
 def runner(name: str, state: dict[str, np.ndarray], folder: str) -> tuple[Step, Step]:
@@ -31,7 +31,7 @@ def runner(name: str, state: dict[str, np.ndarray], folder: str) -> tuple[Step, 
 
         return copy, lambda step: None
 
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     block = name == NAMES[2]
     store = CheckpointStore(os.path.join(folder, f"run-block-{block}"), keep_last=1)

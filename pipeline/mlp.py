@@ -10,15 +10,15 @@ gigabytes.
 Run it with Luigi (``configs/luigi.cfg``: local scheduler, ./runs, retries)::
 
     export LUIGI_CONFIG_PATH=configs/luigi.cfg
-    luigi --module pipeline.mlp TrainMLP --total-steps 1000 --hidden 256,256
-    luigi --module pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
-    luigi --module pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
+    luigi --module luigi_checkpoint.pipeline.mlp TrainMLP --total-steps 1000 --hidden 256,256
+    luigi --module luigi_checkpoint.pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
+    luigi --module luigi_checkpoint.pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
         --of-params '{"total_steps": 1000, "hidden": "256,256"}'
 
 A hyperparameter sweep (one run and one export per grid point; with a central
 scheduler, ``configs/luigi-cluster.cfg``, many workers share the runs)::
 
-    luigi --module pipeline.mlp Sweep --date 2026-11-28 --total-steps 1000 \
+    luigi --module luigi_checkpoint.pipeline.mlp Sweep --date 2026-11-28 --total-steps 1000 \
         --learning-rates '[0.01, 0.05]' --seeds '[0, 1]' --hiddens '["64,64"]'
 """
 
@@ -34,9 +34,9 @@ import luigi
 import numpy as np
 from luigi.util import inherits
 
-from storage.fs import atomic_write, resolve
-from tasks.export import ExportSnapshot
-from tasks.training import TrainingTask
+from luigi_checkpoint.storage.fs import atomic_write, resolve
+from luigi_checkpoint.tasks.export import ExportSnapshot
+from luigi_checkpoint.tasks.training import TrainingTask
 
 __all__ = ["ExportMLP", "SimulatedFailure", "Sweep", "TrainMLP", "init_state", "make_dataset", "sgd_step"]
 

@@ -20,7 +20,7 @@ from .errors import (
     TruncatedArchiveError,
     UntrustedTypeError,
 )
-from .externalize import Frozen
+from ._externalize import Frozen
 from .snapshot import load_snapshot, save_snapshot, snapshot_from_archive
 
 __all__ = [

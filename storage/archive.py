@@ -29,13 +29,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import npy, trust
+from . import _npy as npy, _trust as trust
 from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, MissingMemberError
-from .externalize import Frozen, freeze
+from ._externalize import Frozen, freeze
 from .fs import atomic_write, resolve
-from .npy import ALIGN
-from .reading import ArchiveSource, check_member, open_source, parse_manifest_json, read_npy
-from .zipwrite import ZipWriter
+from ._npy import ALIGN
+from ._reading import ArchiveSource, check_member, open_source, parse_manifest_json, read_npy
+from ._zipwrite import ZipWriter
 
 __all__ = [
     "FORMAT",
@@ -145,7 +145,7 @@ def load(
     unsafe: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
-    """Load an archive (ours or Theano's) safely; see :mod:`storage.trust`.
+    """Load an archive (ours or Theano's) safely; see :mod:`luigi_checkpoint.storage._trust`.
 
     ``mmap=True`` maps stored arrays of a local archive read-only instead of
     reading them (falls back to reading elsewhere).

@@ -11,7 +11,7 @@ Layout and discovery
 
 The newest good checkpoint
     A checkpoint counts only if its archive passes the cheap check of
-    :func:`storage.archive.read_manifest` (end of central directory and
+    :func:`luigi_checkpoint.storage.archive.read_manifest` (end of central directory and
     manifest, read with range requests): ``latest_step()`` reads the newest
     archives only, until one passes. A damaged archive is logged with its URL
     and skipped, never loaded; :meth:`CheckpointStore.restore` also falls back
@@ -26,7 +26,7 @@ Retention
     is a multiple of ``keep_every``, and never delete the newest good archive.
     Files already deleted by a concurrent prune are not an error. Temp files
     of interrupted writes (``.step-<12 digits>.zip.<hex>.partial``) are deleted
-    once :func:`storage.fs.is_abandoned_temp` says no writer holds them (a live
+    once :func:`luigi_checkpoint.storage.fs.is_abandoned_temp` says no writer holds them (a live
     local writer keeps a lock on its temp file), so a write in progress in
     another process is never touched. On object stores an
     interrupted upload leaves no visible object, and a failed save aborts the
@@ -328,7 +328,7 @@ class CheckpointStore:
         The archive must pass the cheap check of :meth:`latest_step` and load;
         ``step=None`` takes the newest such checkpoint, skipping (and logging)
         those that fail with an :class:`ArchiveError`. ``load_kwargs``
-        go to :func:`storage.archive.load` (``trusted``, ``renames``, ``mmap``...).
+        go to :func:`luigi_checkpoint.storage.archive.load` (``trusted``, ``renames``, ``mmap``...).
         Raises :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
         """
         self._settle()

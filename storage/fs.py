@@ -282,7 +282,7 @@ def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | N
     same path began meanwhile cannot be told apart and is aborted too (that
     writer's save then fails cleanly and its previous object stays). A create
     request still in flight now lands later; the store's prune aborts it once
-    the step is saved (:meth:`storage.checkpoints.CheckpointStore.prune`).
+    the step is saved (:meth:`luigi_checkpoint.storage.checkpoints.CheckpointStore.prune`).
     """
     if before is None:
         return

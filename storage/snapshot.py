@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from . import archive, npy
+from . import archive, _npy as npy
 from .archive import Source
 from .checkpoints import step_of
 from .errors import ArchiveError, ChecksumError, MissingMemberError
 from .fs import atomic_write, resolve, url_of
-from .reading import ArchiveSource, open_source, parse_manifest_json, read_npy
-from .zipwrite import ZipWriter
+from ._reading import ArchiveSource, open_source, parse_manifest_json, read_npy
+from ._zipwrite import ZipWriter
 
 __all__ = [
     "FORMAT",

@@ -16,11 +16,11 @@ from typing import Any
 
 import luigi
 
-from storage.checkpoints import CheckpointStore
-from storage.errors import CheckpointNotFoundError
-from storage.snapshot import snapshot_from_archive
+from luigi_checkpoint.storage.checkpoints import CheckpointStore
+from luigi_checkpoint.storage.errors import CheckpointNotFoundError
+from luigi_checkpoint.storage.snapshot import snapshot_from_archive
 
-from .settings import default_export_root, storage_options_of, storage_options_parameter
+from ._settings import default_export_root, storage_options_of, storage_options_parameter
 from .targets import SnapshotTarget
 from .training import TrainingTask
 

@@ -20,8 +20,8 @@ import luigi.target
 import numpy as np
 from fsspec.spec import AbstractFileSystem
 
-from storage import archive, snapshot
-from storage.fs import atomic_write, resolve, url_of
+from luigi_checkpoint.storage import archive, snapshot
+from luigi_checkpoint.storage.fs import atomic_write, resolve, url_of
 
 __all__ = ["CheckpointTarget", "FsspecFileSystem", "FsspecTarget", "SnapshotTarget"]
 
@@ -36,7 +36,7 @@ class FsspecFileSystem(luigi.target.FileSystem):
     """A :class:`luigi.target.FileSystem` over one fsspec filesystem.
 
     Paths given to and returned by its methods are URLs as produced by
-    :func:`storage.fs.url_of` (plain absolute paths on local disk).
+    :func:`luigi_checkpoint.storage.fs.url_of` (plain absolute paths on local disk).
     ``exists`` and ``listdir`` accept glob patterns, as Luigi's range tools
     pass them; ``listdir`` lists every file under the matches, recursively.
     """
@@ -142,10 +142,10 @@ class FsspecTarget(luigi.target.FileSystemTarget):
 
 
 class CheckpointTarget(FsspecTarget):
-    """One checkpoint archive (``storage.archive`` format)."""
+    """One checkpoint archive (``luigi_checkpoint.storage.archive`` format)."""
 
     def load(self, **load_kwargs: Any) -> Any:
-        """Load the archived object; keywords go to :func:`storage.archive.load`."""
+        """Load the archived object; keywords go to :func:`luigi_checkpoint.storage.archive.load`."""
         return archive.load(self.path, storage_options=self.storage_options, **load_kwargs)
 
     def dump(self, obj: Any, **dump_kwargs: Any) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class CheckpointTarget(FsspecTarget):
 
 
 class SnapshotTarget(FsspecTarget):
-    """One numpy-only snapshot (``storage.snapshot`` format)."""
+    """One numpy-only snapshot (``luigi_checkpoint.storage.snapshot`` format)."""
 
     def load(self) -> dict[str, np.ndarray]:
         """Every array of the snapshot, checked against the manifest's sha256."""

@@ -29,11 +29,11 @@ from typing import Any, ClassVar
 
 import luigi
 
-from storage.checkpoints import CheckpointStore
-from storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
+from luigi_checkpoint.storage.checkpoints import CheckpointStore
+from luigi_checkpoint.storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
 
-from .preemption import PreemptionGuard
-from .settings import default_checkpoint_root, storage_options_of, storage_options_parameter
+from ._preemption import PreemptionGuard
+from ._settings import default_checkpoint_root, storage_options_of, storage_options_parameter
 from .targets import CheckpointTarget
 
 __all__ = ["TrainingInterrupted", "TrainingTask"]

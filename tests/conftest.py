@@ -20,9 +20,19 @@ import fsspec
 import pytest
 import requests
 
-from storage.fs import resolve
+from luigi_checkpoint.storage.fs import resolve
 
 BUCKET = "ckpt-test"
+_FOLDERS = ("storage", "tasks", "pipeline")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tests import the project only as ``luigi_checkpoint.*``: a module imported
+    from the repository's folders by their bare names would be a second copy
+    (two distinct ``CheckpointError`` classes, say)."""
+    strays = sorted(name for name in sys.modules if name.split(".")[0] in _FOLDERS)
+    if strays:
+        raise pytest.UsageError(f"imported outside the luigi_checkpoint namespace: {', '.join(strays)}")
 
 
 @dataclass(frozen=True)

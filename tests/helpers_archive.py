@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from storage.errors import ArchiveError
+from luigi_checkpoint.storage.errors import ArchiveError
 
 # ---------------------------------------------------------------- state classes
 

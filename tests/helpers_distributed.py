@@ -1,6 +1,6 @@
 """Helpers of the distributed tests: the cluster config, worker processes, a sweep's runs.
 
-The workers are ``luigi --module pipeline.mlp Sweep ...`` commands, each in a
+The workers are ``luigi --module luigi_checkpoint.pipeline.mlp Sweep ...`` commands, each in a
 session of its own so that killing one kills its whole process group (the
 Luigi worker and, in forked mode, its task child).
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import luigi
 
-from pipeline.mlp import Sweep, TrainMLP
+from luigi_checkpoint.pipeline.mlp import Sweep, TrainMLP
 from tests.helpers_luigi import LUIGI, REPO
 
 CLUSTER_CFG = REPO / "configs" / "luigi-cluster.cfg"
@@ -61,7 +61,7 @@ def cli_args(params: Mapping[str, Any]) -> list[str]:
 
 @dataclass
 class WorkerProcess:
-    """One ``luigi --module pipeline.mlp <task>`` worker in its own process group."""
+    """One ``luigi --module luigi_checkpoint.pipeline.mlp <task>`` worker in its own process group."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -74,7 +74,7 @@ class WorkerProcess:
         environment = {
             **os.environ, **env, "LUIGI_CONFIG_PATH": str(cfg), "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1",
         }
-        command = [str(LUIGI), "--module", "pipeline.mlp", task, *cli_args(params), *extra]
+        command = [str(LUIGI), "--module", "luigi_checkpoint.pipeline.mlp", task, *cli_args(params), *extra]
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=log.parent,

@@ -22,9 +22,9 @@ from typing import Any
 import luigi
 import numpy as np
 
-from pipeline.config import luigi_config
-from pipeline.mlp import TrainMLP
-from tasks.training import TrainingTask
+from luigi_checkpoint.pipeline.config import luigi_config
+from luigi_checkpoint.pipeline.mlp import TrainMLP
+from luigi_checkpoint.tasks.training import TrainingTask
 
 REPO = Path(__file__).resolve().parents[1]
 LUIGI = Path(sys.executable).with_name("luigi")

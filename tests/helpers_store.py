@@ -88,7 +88,7 @@ def atomic_s3_front_end() -> Iterator[str]:
 
 
 def _race(store: Any, job: dict[str, Any]) -> dict[str, Any]:
-    from storage.errors import StepExistsError
+    from luigi_checkpoint.storage.errors import StepExistsError
 
     try:
         store.save(job["step"], make_state(job["seed"], size=job["size"]))
@@ -98,7 +98,7 @@ def _race(store: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(store: Any, job: dict[str, Any]) -> dict[str, Any]:
-    from storage.errors import StepExistsError
+    from luigi_checkpoint.storage.errors import StepExistsError
 
     saved, existed = [], []
     for step in range(job["start"], job["stop"], job["stride"]):
@@ -112,7 +112,7 @@ def _run(store: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     job = json.loads(argv[1])
     store = CheckpointStore(

@@ -21,8 +21,8 @@ import pytest
 
 from .conftest import BUCKET, make_root
 from .helpers_archive import assert_same
-from storage.archive import dump, load
-from storage.fs import fresh_listing, resolve
+from luigi_checkpoint.storage.archive import dump, load
+from luigi_checkpoint.storage.fs import fresh_listing, resolve
 
 MiB = 1 << 20
 

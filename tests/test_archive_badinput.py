@@ -34,8 +34,8 @@ from .helpers_archive import (
     deflate_then_zeros,
     ref_ids,
 )
-from storage.archive import audit, dump, load, read_arrays, read_manifest, verify
-from storage.errors import (
+from luigi_checkpoint.storage.archive import audit, dump, load, read_arrays, read_manifest, verify
+from luigi_checkpoint.storage.errors import (
     ArchiveError,
     BadNpyHeaderError,
     BadPersistentIdError,
@@ -45,7 +45,7 @@ from storage.errors import (
     NotAnArchiveError,
     UntrustedTypeError,
 )
-from storage.fs import resolve, url_of
+from luigi_checkpoint.storage.fs import resolve, url_of
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MiB = 1 << 20

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage import archive
-from storage.errors import ArchiveError, ChecksumError, MissingMemberError
-from storage.zipread import ZipReader
-from storage.zipwrite import ZipWriter
+from luigi_checkpoint.storage import archive
+from luigi_checkpoint.storage.errors import ArchiveError, ChecksumError, MissingMemberError
+from luigi_checkpoint.storage._zipread import ZipReader
+from luigi_checkpoint.storage._zipwrite import ZipWriter
 
 
 def _state() -> dict[str, Any]:

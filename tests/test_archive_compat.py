@@ -1,5 +1,5 @@
 """The archive stays readable by plain ``numpy.load`` and by Theano's
-``pkl_utils``, and ``storage.archive.load`` reads what Theano wrote.
+``pkl_utils``, and ``luigi_checkpoint.storage.archive.load`` reads what Theano wrote.
 
 Theano is not installed: ``helpers_archive.theano_dump``/``theano_load``
 follow ``theano.misc.pkl_utils`` line by line (DESIGN section 1).
@@ -25,7 +25,7 @@ from .helpers_archive import (
     theano_dump,
     theano_load,
 )
-from storage.archive import dump, load
+from luigi_checkpoint.storage.archive import dump, load
 
 
 def _state() -> dict[str, Any]:

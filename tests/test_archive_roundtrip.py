@@ -1,4 +1,4 @@
-"""Round trips of ``storage.archive``: what goes in comes out exactly.
+"""Round trips of ``luigi_checkpoint.storage.archive``: what goes in comes out exactly.
 
 Property tests over random nested states on every storage kind, then the
 format's promises one by one: member names and order, aligned data offsets,
@@ -35,8 +35,8 @@ from .helpers_archive import (
     assert_array_exact,
     assert_same,
 )
-from storage.errors import ChecksumError
-from storage.archive import dump, freeze, load, read_arrays, read_manifest, write_frozen
+from luigi_checkpoint.storage.errors import ChecksumError
+from luigi_checkpoint.storage.archive import dump, freeze, load, read_arrays, read_manifest, write_frozen
 
 EXAMPLES = {"local": 60, "file": 25, "memory": 40, "s3": 15}
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

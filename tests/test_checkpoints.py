@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage import archive
-from storage.checkpoints import (
+from luigi_checkpoint.storage import archive
+from luigi_checkpoint.storage.checkpoints import (
     MAX_STEP,
     ArrayInfo,
     CheckpointStore,
     archive_name,
     step_of,
 )
-from storage.fs import TEMP_GRACE
-from storage.errors import (
+from luigi_checkpoint.storage.fs import TEMP_GRACE
+from luigi_checkpoint.storage.errors import (
     ArchiveError,
     CheckpointNotFoundError,
     StepExistsError,
@@ -53,7 +53,7 @@ def put(root: Root, name: str, data: bytes) -> None:
 
 
 def store_warnings(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "storage.checkpoints")
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "luigi_checkpoint.storage.checkpoints")
 
 
 def read(root: Root, step: int) -> bytes:
@@ -147,7 +147,7 @@ def test_latest_step_reads_only_the_newest_archives(
     put(root, archive_name(2), b"")
     store = open_store(root, keep_last=None)
     store.save(3, make_state(3))
-    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="luigi_checkpoint.storage.checkpoints"):
         assert store.latest_step() == 3
     assert store_warnings(caplog) == ""  # the damaged older archives were never opened
 
@@ -243,7 +243,7 @@ def test_damaged_newest_archive_is_skipped(
     for step in (1, 2, 3):
         store.save(step, make_state(step))
     put(root, archive_name(3), DAMAGE[damage](read(root, 3)))
-    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="luigi_checkpoint.storage.checkpoints"):
         assert store.latest_step() == 2
         step, state = store.restore()
     assert step == 2
@@ -264,7 +264,7 @@ def test_restore_falls_back_when_array_data_is_damaged(
     offset = next(a["offset"] for a in manifest["arrays"] if a["name"] == "model/W")
     put(root, archive_name(2), flip(read(root, 2), offset + 5))
     assert store.latest_step() == 2
-    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="luigi_checkpoint.storage.checkpoints"):
         step, state = store.restore()
     assert step == 1
     assert_same(state, make_state(1))
@@ -282,7 +282,7 @@ def test_a_store_of_damaged_archives_has_no_latest_step(
     put(root, archive_name(2), b"")
     store = open_store(root)
     assert store.steps() == [1, 2]
-    with caplog.at_level(logging.WARNING, logger="storage.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="luigi_checkpoint.storage.checkpoints"):
         assert store.latest_step() is None
         with pytest.raises(CheckpointNotFoundError, match="no good checkpoint"):
             store.restore()

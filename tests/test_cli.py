@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage.checkpoints import CheckpointStore
-from storage.fs import resolve
-from storage.snapshot import load_snapshot, save_snapshot
+from luigi_checkpoint.storage.checkpoints import CheckpointStore
+from luigi_checkpoint.storage.fs import resolve
+from luigi_checkpoint.storage.snapshot import load_snapshot, save_snapshot
 
 from . import helpers_snapshot
 from .conftest import BUCKET, Root, S3Server, make_root
@@ -128,7 +128,7 @@ def test_python_dash_m_runs_the_command_and_an_empty_folder_is_an_error(
     tmp_path: Any, command: list[str]
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "storage.cli", *command, str(tmp_path)],
+        [sys.executable, "-m", "luigi_checkpoint.storage.cli", *command, str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
     assert_one_line_error(result, 1)

@@ -1,7 +1,7 @@
 """Many workers, one central scheduler, S3 checkpoints: a real ``luigid`` and
 ``luigi`` worker processes on 127.0.0.1, the loopback moto S3 server.
 
-The workers run ``luigi --module pipeline.mlp Sweep`` with a config derived
+The workers run ``luigi --module luigi_checkpoint.pipeline.mlp Sweep`` with a config derived
 from ``configs/luigi-cluster.cfg`` (scheduler port and short timings changed);
 ``luigid`` runs with that file's ``[scheduler]`` section, timings shortened.
 """
@@ -19,7 +19,7 @@ import luigi
 import pytest
 from luigi.cmdline_parser import CmdlineParser
 
-from pipeline.mlp import Sweep
+from luigi_checkpoint.pipeline.mlp import Sweep
 from tests.conftest import BUCKET, Luigid
 from tests.helpers_distributed import (
     WorkerProcess,

@@ -13,10 +13,10 @@ from luigi.execution_summary import LuigiStatusCode
 from luigi.task_register import Register
 from luigi.tools.range import RangeDaily
 
-from pipeline.mlp import ExportMLP, TrainMLP
-from storage import archive
-from storage.snapshot import read_snapshot_manifest
-from tasks.export import ExportSnapshot
+from luigi_checkpoint.pipeline.mlp import ExportMLP, TrainMLP
+from luigi_checkpoint.storage import archive
+from luigi_checkpoint.storage.snapshot import read_snapshot_manifest
+from luigi_checkpoint.tasks.export import ExportSnapshot
 from tests.conftest import BUCKET
 from tests.helpers_luigi import BASE, ForkedBuild, SlowTrainMLP, run_luigi, wait_for, write_cfg
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from storage.fs import resolve
+from luigi_checkpoint.storage.fs import resolve
 from tests.conftest import BUCKET, S3Server
 from tests.soak.faultproxy import FaultPlan, FaultProxy
 

@@ -1,4 +1,4 @@
-"""storage.fs: URLs resolve to filesystems; writes publish whole objects or nothing."""
+"""luigi_checkpoint.storage.fs: URLs resolve to filesystems; writes publish whole objects or nothing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from storage.errors import StepExistsError
-from storage.fs import (
+from luigi_checkpoint.storage.errors import StepExistsError
+from luigi_checkpoint.storage.fs import (
     abort_upload,
     atomic_write,
     TEMP_GRACE,

@@ -1,4 +1,4 @@
-"""NPY headers: what storage.npy writes numpy reads, and what it parses it checks."""
+"""NPY headers: what luigi_checkpoint.storage._npy writes numpy reads, and what it parses it checks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numpy.lib import format as npformat
 
-from storage import npy
-from storage.errors import BadNpyHeaderError
+from luigi_checkpoint.storage import _npy as npy
+from luigi_checkpoint.storage.errors import BadNpyHeaderError
 
 ARRAYS = {
     "c_order": np.arange(12, dtype="<f8").reshape(3, 4),

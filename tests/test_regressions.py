@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage import archive
-from storage.checkpoints import CheckpointStore
-from storage.errors import ArchiveError, CheckpointError, StorageError, UntrustedTypeError
-from storage.snapshot import load_snapshot, save_snapshot
+from luigi_checkpoint.storage import archive
+from luigi_checkpoint.storage.checkpoints import CheckpointStore
+from luigi_checkpoint.storage.errors import ArchiveError, CheckpointError, StorageError, UntrustedTypeError
+from luigi_checkpoint.storage.snapshot import load_snapshot, save_snapshot
 from tests.conftest import BUCKET, S3Server
 from tests.soak.faultproxy import FaultPlan, FaultProxy
 
@@ -161,8 +161,8 @@ def test_an_upload_landing_after_a_failed_save_is_aborted_once_that_step_is_save
 def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_exists(
     s3: S3Server, pruned_since: bool
 ) -> None:
-    from storage.errors import StepExistsError
-    from storage.fs import abort_upload, atomic_write, incomplete_uploads, resolve
+    from luigi_checkpoint.storage.errors import StepExistsError
+    from luigi_checkpoint.storage.fs import abort_upload, atomic_write, incomplete_uploads, resolve
 
     options = {**s3.storage_options, "default_block_size": 5 << 20, "config_kwargs": {"retries": {"max_attempts": 1}}}
     fs, path = resolve(f"s3://{BUCKET}/behind/step-000000000001.zip", options)
@@ -182,7 +182,7 @@ def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_e
 
 
 def test_a_failed_s3_save_does_not_abort_another_writers_upload(s3: S3Server) -> None:
-    from storage.fs import atomic_write, resolve
+    from luigi_checkpoint.storage.fs import atomic_write, resolve
 
     options = {**s3.storage_options, "default_block_size": 5 << 20}
     fs, path = resolve(f"s3://{BUCKET}/two-writers/step-000000000001.zip", options)
@@ -266,7 +266,7 @@ def test_next_save_removes_the_temp_file_of_a_killed_writer(tmp_path: Path) -> N
     if pid == 0:  # the writer: killed by its own SIGKILL in the middle of writing step 2
         try:
             with open(os.devnull, "wb"):
-                from storage.fs import atomic_write, resolve
+                from luigi_checkpoint.storage.fs import atomic_write, resolve
 
                 fs, path = resolve(str(root / "step-000000000002.zip"))
                 with atomic_write(fs, path, exclusive=True) as f:
@@ -299,7 +299,7 @@ def test_restore_lists_again_before_saying_there_is_no_good_checkpoint(tmp_path:
                 writer.save(3, SMALL)
 
     handler = SaveWhenSkipped()
-    logger = logging.getLogger("storage.checkpoints")
+    logger = logging.getLogger("luigi_checkpoint.storage.checkpoints")
     logger.addHandler(handler)
     try:
         step, state = CheckpointStore(str(root)).restore()

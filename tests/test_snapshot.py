@@ -1,4 +1,4 @@
-"""storage.snapshot: numpy-only snapshots that numpy alone reads, checked on load,
+"""luigi_checkpoint.storage.snapshot: numpy-only snapshots that numpy alone reads, checked on load,
 exported from checkpoint archives without unpickling anything."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from storage import archive
-from storage.errors import (
+from luigi_checkpoint.storage import archive
+from luigi_checkpoint.storage.errors import (
     ArchiveError,
     BadNpyHeaderError,
     ChecksumError,
@@ -26,8 +26,8 @@ from storage.errors import (
     NotAnArchiveError,
     UntrustedTypeError,
 )
-from storage.fs import fresh_listing, resolve
-from storage.snapshot import (
+from luigi_checkpoint.storage.fs import fresh_listing, resolve
+from luigi_checkpoint.storage.snapshot import (
     FORMAT,
     load_snapshot,
     read_snapshot_manifest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.targets import CheckpointTarget, FsspecTarget, SnapshotTarget
+from luigi_checkpoint.tasks.targets import CheckpointTarget, FsspecTarget, SnapshotTarget
 from tests.conftest import Root
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from luigi.execution_summary import LuigiStatusCode
 
-from pipeline.config import luigi_config
-from pipeline.mlp import TrainMLP
-from storage.errors import UntrustedTypeError
-from storage.fs import is_temp_name
+from luigi_checkpoint.pipeline.config import luigi_config
+from luigi_checkpoint.pipeline.mlp import TrainMLP
+from luigi_checkpoint.storage.errors import UntrustedTypeError
+from luigi_checkpoint.storage.fs import is_temp_name
 from tests.conftest import BUCKET
 from tests.helpers_luigi import (
     FAST_RETRIES,

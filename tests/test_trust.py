@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from storage.errors import CorruptPickleError, MissingMemberError, UntrustedTypeError
-from storage.trust import (
+from luigi_checkpoint.storage.errors import CorruptPickleError, MissingMemberError, UntrustedTypeError
+from luigi_checkpoint.storage._trust import (
     MAX_DEPTH,
     Audit,
     audit_pickle,

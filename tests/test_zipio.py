@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 import pytest
 
-from storage.errors import (
+from luigi_checkpoint.storage.errors import (
     ArchiveError,
     ArchiveTooLargeError,
     ChecksumError,
@@ -20,8 +20,8 @@ from storage.errors import (
     NotAnArchiveError,
     TruncatedArchiveError,
 )
-from storage.zipread import ZipReader
-from storage.zipwrite import ZipWriter
+from luigi_checkpoint.storage._zipread import ZipReader
+from luigi_checkpoint.storage._zipwrite import ZipWriter
 
 PAYLOADS = {
     "a/first": random.Random(0).randbytes(3000),

@@ -27,8 +27,8 @@ KEEP_LAST = 3
 
 def busy_worker(root: str, options: dict[str, Any], seed: int, seconds: float, out: str) -> None:
     """Worker: random saves, restores and prunes until ``seconds`` have passed."""
-    from storage.checkpoints import CheckpointStore
-    from storage.errors import CheckpointNotFoundError, StepExistsError
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.errors import CheckpointNotFoundError, StepExistsError
 
     rng = random.Random(seed)
     store = CheckpointStore(root, keep_last=KEEP_LAST, storage_options=options)

@@ -42,7 +42,7 @@ held by the moto server) before aborting them, as a lifecycle rule would."""
 
 def saver(root: str, options: dict[str, Any], nbytes: int, log: str) -> None:
     """Worker: save checkpoints forever, logging each committed step."""
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     store = CheckpointStore(root, keep_last=KEEP_LAST, storage_options=options)
     step = (store.latest_step() or 0) + 1
@@ -118,8 +118,8 @@ class _Run:
         self.tally.trial(problems + self.clean(), lost=lost)
 
     def check(self) -> tuple[list[str], bool]:
-        from storage.checkpoints import CheckpointStore, step_of
-        from storage.fs import fresh_listing, is_temp_name, resolve
+        from luigi_checkpoint.storage.checkpoints import CheckpointStore, step_of
+        from luigi_checkpoint.storage.fs import fresh_listing, is_temp_name, resolve
 
         store = CheckpointStore(self.root, keep_last=KEEP_LAST, storage_options=self.options)
         problems: list[str] = []
@@ -160,7 +160,7 @@ class _Run:
                 temp.unlink()
                 self.litter += 1
             return []
-        from storage.checkpoints import step_of
+        from luigi_checkpoint.storage.checkpoints import step_of
 
         uploads = self.env.multipart_uploads(self.root.split("/", 3)[3])
         self.litter = max(self.litter, len(uploads))

@@ -36,8 +36,8 @@ NBYTES = 4 * MB
 
 def limited_save(root: str, step: int, limit: int | None, out: str) -> None:
     """Worker: save ``step`` with files limited to ``limit`` bytes; report as JSON."""
-    from storage.checkpoints import CheckpointStore
-    from storage.errors import CheckpointError
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.errors import CheckpointError
 
     store = CheckpointStore(root, keep_last=None)
     state = make_state(step, NBYTES)
@@ -77,7 +77,7 @@ def _tmpfs(folder: Path, size: int) -> Iterator[Path | None]:
 
 
 def _trial(root: Path, step: int, limit: int | None, workdir: Path, tally: Tally) -> None:
-    from storage.checkpoints import CheckpointStore, archive_name
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore, archive_name
 
     out = workdir / f"trial-{step}.json"
     worker = start_worker(limited_save, str(root), step, limit, str(out))
@@ -111,13 +111,13 @@ def _trial(root: Path, step: int, limit: int | None, workdir: Path, tally: Tally
 
 def _advance(root: Path, step: int) -> None:
     """Once there is room, the same save works; older steps are dropped."""
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     CheckpointStore(str(root), keep_last=1).save(step, make_state(step, NBYTES))
 
 
 def run(scale: Scale, env: SoakEnv, *, seed: int = 3) -> CampaignResult:
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     tally = Tally("disk full during save")
     rng = random.Random(seed)

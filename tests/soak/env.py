@@ -22,8 +22,8 @@ from typing import Any
 import requests
 
 BUCKET = "soak"
-PRELOAD = ["numpy", "s3fs", "luigi", "storage.archive", "storage.checkpoints", "storage.snapshot",
-           "pipeline.mlp", "tests.soak.states"]
+PRELOAD = ["numpy", "s3fs", "luigi", "luigi_checkpoint.storage.archive", "luigi_checkpoint.storage.checkpoints", "luigi_checkpoint.storage.snapshot",
+           "luigi_checkpoint.pipeline.mlp", "tests.soak.states"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class SoakEnv:
         return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:6]}"
 
     def s3_client(self) -> Any:
-        from storage.fs import resolve
+        from luigi_checkpoint.storage.fs import resolve
 
         fs, _ = resolve(f"s3://{BUCKET}", self.s3_options())
         return fs

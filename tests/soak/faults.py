@@ -43,7 +43,7 @@ BLOCK = 5 << 20
 
 
 def _outcome(exc: BaseException) -> dict[str, Any]:
-    from storage.errors import CheckpointError
+    from luigi_checkpoint.storage.errors import CheckpointError
 
     return {
         "error": f"{type(exc).__module__}.{type(exc).__qualname__}",
@@ -54,7 +54,7 @@ def _outcome(exc: BaseException) -> dict[str, Any]:
 
 def faulty_trial(root: str, options: dict[str, Any], step: int, nbytes: int, out: str) -> None:
     """Worker: save ``step`` then restore, through the proxy; report as JSON."""
-    from storage.checkpoints import CheckpointStore
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
     report: dict[str, Any] = {}
     store = CheckpointStore(root, keep_last=None, storage_options=options)
@@ -87,7 +87,7 @@ def _plan(rng: random.Random, seed: int) -> FaultPlan:
 
 class _Bucket:
     def __init__(self, env: SoakEnv, nbytes: int) -> None:
-        from storage.checkpoints import CheckpointStore
+        from luigi_checkpoint.storage.checkpoints import CheckpointStore
 
         self.env = env
         self.nbytes = nbytes
@@ -100,7 +100,7 @@ class _Bucket:
         self.late_uploads = 0
 
     def trial(self, index: int, proxy: FaultProxy, workdir: Path, tally: Tally) -> None:
-        from storage.checkpoints import archive_name
+        from luigi_checkpoint.storage.checkpoints import archive_name
 
         step = self.committed + 1  # a failed save is retried, as a rerun task would
         out = workdir / f"trial-{index}.json"

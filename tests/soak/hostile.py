@@ -101,7 +101,7 @@ def gadgets(marker: Path, folder: Path) -> dict[str, bytes]:
 
 
 def _manifest() -> bytes:
-    from storage import archive
+    from luigi_checkpoint.storage import archive
 
     out = io.BytesIO()
     archive.dump({}, out)
@@ -162,10 +162,10 @@ def probes(depths: tuple[int, ...]) -> dict[str, bytes]:
 
 def hostile_worker(folder: str, depths: tuple[int, ...], out: str) -> None:
     """Worker: load every hostile input and probe; report as JSON."""
-    from storage import archive
-    from storage.checkpoints import CheckpointStore, archive_name
-    from storage.errors import ArchiveError, CheckpointError, UntrustedTypeError
-    from storage.snapshot import load_snapshot
+    from luigi_checkpoint.storage import archive
+    from luigi_checkpoint.storage.checkpoints import CheckpointStore, archive_name
+    from luigi_checkpoint.storage.errors import ArchiveError, CheckpointError, UntrustedTypeError
+    from luigi_checkpoint.storage.snapshot import load_snapshot
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, resource.RLIM_INFINITY))
     base = Path(folder)

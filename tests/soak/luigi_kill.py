@@ -27,21 +27,21 @@ def train(root: str, params: dict[str, Any]) -> None:
     """Worker: one ``luigi.build`` of the task; exits 0 on success."""
     import luigi
 
-    from pipeline.mlp import TrainMLP
+    from luigi_checkpoint.pipeline.mlp import TrainMLP
 
     ok = luigi.build([TrainMLP(checkpoint_root=root, **params)], local_scheduler=True, log_level="WARNING")
     raise SystemExit(0 if ok else 1)
 
 
 def _final(root: str, params: dict[str, Any]) -> tuple[int, Any]:
-    from pipeline.mlp import TrainMLP
+    from luigi_checkpoint.pipeline.mlp import TrainMLP
 
     task = TrainMLP(checkpoint_root=root, **params)
     return task.checkpoint_store().restore(task.total_steps)
 
 
 def _steps(root: str, params: dict[str, Any]) -> list[int]:
-    from pipeline.mlp import TrainMLP
+    from luigi_checkpoint.pipeline.mlp import TrainMLP
 
     return TrainMLP(checkpoint_root=root, **params).checkpoint_store().steps()
 

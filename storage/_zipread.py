@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import IO
 
-from .crc import running_crc
+from ._crc import running_crc
 from .errors import (
     ArchiveError,
     ArchiveTooLargeError,

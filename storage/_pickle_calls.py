@@ -1,4 +1,4 @@
-"""Which calls a data pickle makes: the call policy of :func:`storage.trust.audit_pickle`.
+"""Which calls a data pickle makes: the call policy of :func:`luigi_checkpoint.storage._trust.audit_pickle`.
 
 Trusted globals are called only as picklers call them, so a small stream cannot
 make them allocate a lot (``bytes(10**9)``, ``list(range(N))``, ``numpy.void(N)``).

@@ -1,7 +1,7 @@
 """Opening archives for reading and reading their NPY members.
 
 :func:`open_source` turns a path, URL or open binary file into a validated
-:class:`~storage.zipread.ZipReader` and converts any low-level parsing error
+:class:`~luigi_checkpoint.storage._zipread.ZipReader` and converts any low-level parsing error
 into an :class:`ArchiveError` naming the archive, and any transport failure
 (a reset connection, a response cut short, an S3 error) into a
 :class:`StorageError` naming it: a read that failed says nothing about the
@@ -29,10 +29,10 @@ from typing import IO, Any
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from . import npy, trust
+from . import _npy as npy, _trust as trust
 from .errors import ArchiveError, BadNpyHeaderError, BadPersistentIdError, CheckpointError
 from .fs import resolve, storage_errors, url_of
-from .zipread import READ_BLOCK, MemberStream, ZipReader
+from ._zipread import READ_BLOCK, MemberStream, ZipReader
 
 __all__ = ["ArchiveSource", "check_member", "open_source", "parse_manifest_json", "read_npy"]
 

@@ -17,11 +17,11 @@ scalars, numpy arrays, dtypes, scalars and random generators, a few
 arguments are globals of their own, so they only rebuild trusted classes).
 
 Allowed globals are also called only as picklers call them (the policy is in
-:mod:`storage.pickle_calls`), so a small stream cannot make them allocate a lot:
+:mod:`luigi_checkpoint.storage._pickle_calls`), so a small stream cannot make them allocate a lot:
 ``bytes(10**9)``, ``list(range(N))`` or a gigabyte ``ndarray`` are refused by the
 audit as :class:`CorruptPickleError` before anything runs. A dtype may be built
 (``BUILD``) once, before anything uses it, and must then be one numpy's own
-constructor makes (:mod:`storage.dtypes`): a forged record layout would make
+constructor makes (:mod:`luigi_checkpoint.storage._dtypes`): a forged record layout would make
 numpy read and write outside its arrays.
 """
 
@@ -39,10 +39,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from . import pickle_calls as calls
-from .dtypes import layout_problem
+from . import _pickle_calls as calls
+from ._dtypes import layout_problem
 from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
-from .pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
+from ._pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
 
 __all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restricted_unpickler"]
 
@@ -157,7 +157,7 @@ def audit_pickle(
     the unpickler may allocate afterwards: a memo index larger than the stream
     (which makes pickle allocate a memo table that size) is refused as corrupt,
     and so are calls of trusted globals no pickler writes
-    (:mod:`storage.pickle_calls`), unless the stream is refused for untrusted names.
+    (:mod:`luigi_checkpoint.storage._pickle_calls`), unless the stream is refused for untrusted names.
 
     Raises
     ------
@@ -305,7 +305,7 @@ def audit_pickle(
 
 class _RestrictedUnpickler(pickle._Unpickler):
     """Unpickler whose ``find_class`` maps names and imports only ``allowed`` ones,
-    and whose ``BUILD`` of a dtype checks the layout it made (:mod:`storage.dtypes`).
+    and whose ``BUILD`` of a dtype checks the layout it made (:mod:`luigi_checkpoint.storage._dtypes`).
 
     It is pickle's pure-Python unpickler, the one whose opcodes can be
     extended; the streams it reads are small, since arrays are archive members.
@@ -360,7 +360,7 @@ def restricted_unpickler(
     :func:`audit_pickle`; ``unsafe=True`` imports any name; ``persistent_load``
     resolves persistent ids. Byte strings of Python 2 pickles decode as latin-1.
     Every ``BUILD`` of a dtype is checked against numpy's constructor
-    (:mod:`storage.dtypes`). This is the second line of defense: only
+    (:mod:`luigi_checkpoint.storage._dtypes`). This is the second line of defense: only
     :func:`load_pickle` also audits (refusing ``BUILD`` on globals, dtypes
     built twice or after use, and size bombs before anything runs).
     """

@@ -9,7 +9,7 @@ on local disk can be memory-mapped. ZIP64 records are written for members,
 offsets and counts beyond the 32-bit (16-bit for counts) limits.
 
 The CRC-32 of a large buffer is computed on a helper thread while the caller's
-thread writes the same buffer (see :mod:`storage.crc`).
+thread writes the same buffer (see :mod:`luigi_checkpoint.storage._crc`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
 
-from .crc import crc32, running_crc
+from ._crc import crc32, running_crc
 
 __all__ = ["ZipWriter", "WrittenMember"]
 
