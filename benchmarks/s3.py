@@ -166,10 +166,11 @@ def latest_step_case(server: Server, archives: int, repeats: int) -> dict[str, A
     """``latest_step()`` over ``archives`` tiny archives vs one plain listing."""
     from luigi_checkpoint.storage.archive import dump
     from luigi_checkpoint.storage.checkpoints import CheckpointStore
-    from luigi_checkpoint.storage.fs import fresh_listing, resolve
+    from luigi_checkpoint.storage.fs import Location, fresh_listing, resolve
 
     options = server.storage_options
-    fs, _ = resolve(f"s3://{BUCKET}", options)
+    location = resolve(f"s3://{BUCKET}", options)
+    fs = location.fs
     if not fs.exists(BUCKET):
         fs.call_s3("create_bucket", Bucket=BUCKET)
     folder = f"{BUCKET}/many"
@@ -177,11 +178,11 @@ def latest_step_case(server: Server, archives: int, repeats: int) -> dict[str, A
     dump({"w": np.arange(4, dtype=np.float32)}, buffer)
     fs.pipe_file(f"{BUCKET}/tiny.zip", buffer.getvalue())
     server.copy_many(BUCKET, "tiny.zip", "many/step-{:012d}.zip", archives)
-    fresh_listing(fs, folder)  # warm-up: the first listing of a new folder is slower in moto
+    fresh_listing(Location(fs, folder))  # warm-up: the first listing of a new folder is slower in moto
     counter = RequestCounter(fs)
     results: dict[str, Any] = {}
     for name, func in (
-        ("one plain listing", lambda i: fresh_listing(fs, folder)),
+        ("one plain listing", lambda i: fresh_listing(Location(fs, folder))),
         ("ours latest_step()", lambda i: _latest(CheckpointStore, folder, options, archives)),
     ):
         counter.reset()

@@ -34,7 +34,7 @@ import luigi
 import numpy as np
 from luigi.util import inherits
 
-from luigi_checkpoint.storage.fs import atomic_write, resolve
+from luigi_checkpoint.storage.fs import atomic_write
 from luigi_checkpoint.tasks.export import ExportSnapshot
 from luigi_checkpoint.tasks.training import TrainingTask
 
@@ -189,11 +189,11 @@ class TrainMLP(TrainingTask):
         The record is a marker file in the run's folder, so "once" holds across
         Luigi retries, processes and workers.
         """
-        fs, path = resolve(f"{self.run_url()}/simulated-failure-at-step-{step}", self.fs_options())
-        fs.invalidate_cache(path)
-        if fs.exists(path):
+        marker = self.run_location().child(f"simulated-failure-at-step-{step}")
+        marker.fs.invalidate_cache(marker.path)
+        if marker.fs.exists(marker.path):
             return False
-        with atomic_write(fs, path) as f:
+        with atomic_write(marker) as f:
             f.write(b"The demo crashed here once on purpose.\n")
         return True
 

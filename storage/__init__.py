@@ -1,8 +1,15 @@
-"""luigi-checkpoint storage: archives, atomic fsspec writes and their errors."""
+"""luigi-checkpoint storage: checkpoint archives, their store, numpy-only
+snapshots and atomic fsspec writes; usable without Luigi.
+
+The public modules are :mod:`.archive`, :mod:`.checkpoints`, :mod:`.snapshot`,
+:mod:`.fs`, :mod:`.errors` and :mod:`.cli` (``ckpt``); modules whose names
+start with an underscore are internal.
+"""
 
 from __future__ import annotations
 
-from .archive import audit, dump, freeze, load, read_arrays, read_manifest, verify, write_frozen
+from ._trust import Audit, register_trusted
+from .archive import Archive, audit, dump, load, open_archive, read_arrays, read_manifest, verify
 from .checkpoints import CheckpointInfo, CheckpointStore, VerifyReport
 from .errors import (
     ArchiveError,
@@ -15,17 +22,20 @@ from .errors import (
     CorruptPickleError,
     MissingMemberError,
     NotAnArchiveError,
+    ObjectExistsError,
     StepExistsError,
     StorageError,
     TruncatedArchiveError,
     UntrustedTypeError,
 )
-from ._externalize import Frozen
-from .snapshot import load_snapshot, save_snapshot, snapshot_from_archive
+from .fs import Location, resolve
+from .snapshot import load_snapshot, read_snapshot_manifest, save_snapshot, snapshot_from_archive
 
 __all__ = [
+    "Archive",
     "ArchiveError",
     "ArchiveTooLargeError",
+    "Audit",
     "BadNpyHeaderError",
     "BadPersistentIdError",
     "CheckpointError",
@@ -34,9 +44,10 @@ __all__ = [
     "CheckpointStore",
     "ChecksumError",
     "CorruptPickleError",
-    "Frozen",
+    "Location",
     "MissingMemberError",
     "NotAnArchiveError",
+    "ObjectExistsError",
     "StepExistsError",
     "StorageError",
     "TruncatedArchiveError",
@@ -44,13 +55,15 @@ __all__ = [
     "VerifyReport",
     "audit",
     "dump",
-    "freeze",
     "load",
     "load_snapshot",
+    "open_archive",
     "read_arrays",
     "read_manifest",
+    "read_snapshot_manifest",
+    "register_trusted",
+    "resolve",
     "save_snapshot",
     "snapshot_from_archive",
     "verify",
-    "write_frozen",
 ]

@@ -32,7 +32,7 @@ __all__ = [
     "header_bytes",
     "header_length",
     "parse_header",
-    "writable_layout",
+    "is_written_fortran",
 ]
 
 MAGIC = b"\x93NUMPY"
@@ -56,7 +56,7 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def writable_layout(array: np.ndarray) -> bool:
+def is_written_fortran(array: np.ndarray) -> bool:
     """Whether ``array`` is written in Fortran order (F- but not C-contiguous)."""
     return bool(array.flags.f_contiguous and not array.flags.c_contiguous)
 
@@ -66,7 +66,7 @@ def header_bytes(array: np.ndarray) -> bytes:
     literal = repr(
         {
             "descr": npformat.dtype_to_descr(array.dtype),
-            "fortran_order": writable_layout(array),
+            "fortran_order": is_written_fortran(array),
             "shape": tuple(array.shape),
         }
     )
@@ -161,7 +161,7 @@ def array_chunks(array: np.ndarray) -> Iterator[memoryview]:
     if array.nbytes == 0:
         return
     if array.flags.c_contiguous or array.flags.f_contiguous:
-        source = array.T if writable_layout(array) else array
+        source = array.T if is_written_fortran(array) else array
         yield _bytes(source)
         return
     yield from _copied_chunks(array)

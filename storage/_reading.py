@@ -1,21 +1,19 @@
-"""Opening archives for reading and reading their NPY members.
+"""Opening ZIP sources (archives and snapshots) and reading their NPY members.
 
-:func:`open_source` turns a path, URL or open binary file into a validated
-:class:`~luigi_checkpoint.storage._zipread.ZipReader` and converts any low-level parsing error
-into an :class:`ArchiveError` naming the archive, and any transport failure
-(a reset connection, a response cut short, an S3 error) into a
-:class:`StorageError` naming it: a read that failed says nothing about the
-archive's bytes. :func:`read_npy` reads one NPY member into a fresh array
-with a single ``readinto`` (or maps it, for stored members of a local archive
-opened with ``mmap=True``), validating the header against the member's size
-before allocating. :func:`parse_manifest_json` parses a ``manifest.json``
-member.
+:func:`open_source` turns a path, URL, :class:`~luigi_checkpoint.storage.fs.Location`
+or open binary file into an open :class:`ArchiveSource`: a validated
+:class:`~luigi_checkpoint.storage._zipread.ZipReader` over it. Under
+:meth:`ArchiveSource.errors` any low-level parsing error becomes an
+:class:`ArchiveError` naming the source, and any transport failure (a reset
+connection, a response cut short, an S3 error) a :class:`StorageError` naming
+it: a read that failed says nothing about the archive's bytes. :func:`read_npy`
+reads one NPY member into a fresh array with a single ``readinto`` (or maps
+it, for stored members of a local archive opened with ``map_file=True``),
+validating the header against the member's size before allocating.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import mmap
 import os
@@ -23,65 +21,101 @@ import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from . import _npy as npy, _trust as trust
-from .errors import ArchiveError, BadNpyHeaderError, BadPersistentIdError, CheckpointError
-from .fs import resolve, storage_errors, url_of
+from . import _npy as npy
 from ._zipread import READ_BLOCK, MemberStream, ZipReader
+from .errors import ArchiveError, BadNpyHeaderError, CheckpointError
+from .fs import Location, resolve, storage_errors
 
-__all__ = ["ArchiveSource", "check_member", "open_source", "parse_manifest_json", "read_npy"]
+__all__ = ["ArchiveSource", "NpyStream", "Source", "check_member", "open_source", "read_npy"]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
 REMOTE_READ = 64 << 20  # one range request of array data (and its temporary copy)
-CONTEXT_PREFIX_MAX = 4096  # a gpuarray member's pickled context name is tiny
+
+Source = str | os.PathLike[str] | Location | IO[bytes]
+"""Where an archive or snapshot is read from: a path, URL, location or open binary file."""
 
 
-@dataclass(frozen=True)
+class NpyStream(Protocol):
+    """Sequential reads of one member's NPY bytes (a
+    :class:`~luigi_checkpoint.storage._zipread.MemberStream` or an adapter)."""
+
+    @property
+    def remaining(self) -> int: ...
+
+    def read(self, size: int) -> bytes: ...
+
+    def readinto(self, view: memoryview) -> int: ...
+
+    def finish(self) -> None: ...
+
+
 class ArchiveSource:
-    """An open archive: its directory, its name for messages, and (for
-    ``mmap=True`` on local disk) a read-only map of the whole file."""
+    """An open ZIP: its directory (``reader``), its name for messages
+    (``source``), its size in bytes and, when opened with ``map_file=True`` on
+    local disk, a read-only map of the whole file (``mapping``).
 
-    reader: ZipReader
-    source: str
-    mapping: mmap.mmap | None = None
+    Closing it closes the file it opened (an open file given by the caller
+    stays open).
+    """
+
+    def __init__(
+        self, reader: ZipReader, source: str, size: int, *, file: IO[bytes] | None, mapping: mmap.mmap | None
+    ) -> None:
+        self.reader = reader
+        self.source = source
+        self.size = size
+        self.mapping = mapping
+        self._file = file
+
+    def close(self) -> None:
+        """Close the file this source opened (a map stays while arrays use it)."""
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> ArchiveSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def errors(self) -> Any:
+        """A context in which parse errors become ArchiveError and transport
+        failures StorageError, both naming this source."""
+        return _reading_errors(self.source)
 
 
-@contextmanager
 def open_source(
-    src: str | os.PathLike[str] | IO[bytes],
-    storage_options: dict[str, Any] | None,
-    *,
-    mmap: bool = False,
-) -> Iterator[ArchiveSource]:
-    """Open ``src`` (closing it afterwards unless it was an open file).
+    src: Source, storage_options: dict[str, Any] | None = None, *, map_file: bool = False
+) -> ArchiveSource:
+    """Open ``src`` and read its ZIP directory.
 
     Raises :class:`StorageError` when reading fails, FileNotFoundError when
     there is nothing at ``src``, and :class:`ArchiveError` when the bytes are
     malformed.
     """
-    if not isinstance(src, (str, os.PathLike)):
+    if not isinstance(src, (str, os.PathLike, Location)):
         source = repr(src)
         with _reading_errors(source):
-            yield ArchiveSource(ZipReader(src, source=source), source)
-        return
-    fs, path = resolve(src, storage_options)
-    source = url_of(fs, path)
-    local = isinstance(fs, LocalFileSystem)
+            return ArchiveSource(ZipReader(src, source=source), source, src.seek(0, 2), file=None, mapping=None)
+    location = resolve(src, storage_options)
+    local = isinstance(location.fs, LocalFileSystem)
     options = {} if local else {"block_size": REMOTE_BLOCK, "cache_type": "readahead"}
-    with _reading_errors(source), fs.open(path, "rb", **options) as f:
-        reader = ZipReader(f, source=source, **({} if local else {"block_size": REMOTE_READ}))
-        yield ArchiveSource(reader, source, _map(f) if mmap and local else None)
-
-
-def _map(file: IO[bytes]) -> mmap.mmap:
-    # The same open file the directory was read from, so a concurrent
-    # replacement of the path cannot swap the bytes under the reader.
-    return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    with _reading_errors(location.url):
+        f = location.fs.open(location.path, "rb", **options)
+        try:
+            reader = ZipReader(f, source=location.url, **({} if local else {"block_size": REMOTE_READ}))
+            # The same open file the directory was read from, so a concurrent
+            # replacement of the path cannot swap the bytes under the reader.
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if map_file and local else None
+            return ArchiveSource(reader, location.url, f.seek(0, 2), file=f, mapping=mapping)
+        except BaseException:
+            f.close()
+            raise
 
 
 @contextmanager
@@ -102,23 +136,11 @@ def _as_archive_errors(source: str) -> Iterator[None]:
         raise ArchiveError(f"{source}: malformed archive: {exc}") from exc
 
 
-def parse_manifest_json(data: bytes, source: str) -> Any:
-    """The ``manifest.json`` member ``data`` of archive ``source``, parsed.
-
-    Raises :class:`ArchiveError` naming ``source`` if it is not UTF-8 JSON,
-    nesting too deep for the parser included.
-    """
-    try:
-        return json.loads(data.decode("utf8"))
-    except (ValueError, RecursionError) as exc:
-        raise ArchiveError(f"{source}: manifest.json is not JSON: {exc}") from None
-
-
-def _header(stream: MemberStream, head: bytes, where: str) -> tuple[npy.NpyHeader, bytes]:
-    """Parse the NPY header at the start of ``head`` + the rest of ``stream``;
-    return it and the bytes read past it."""
-    total = len(head) + stream.remaining
-    head += stream.read(max(0, min(12, total) - len(head)))
+def _header(stream: NpyStream, where: str) -> tuple[npy.NpyHeader, bytes]:
+    """Parse the NPY header at the start of ``stream``; return it and the bytes
+    read past it."""
+    total = stream.remaining
+    head = stream.read(min(12, total))
     try:
         length = npy.header_length(head)
     except ValueError as exc:
@@ -132,20 +154,6 @@ def _header(stream: MemberStream, head: bytes, where: str) -> tuple[npy.NpyHeade
     return header, head[length:]
 
 
-def _skip_context(stream: MemberStream, where: str) -> bytes:
-    """Read past the pickled context name that starts a Theano ``gpuarray`` member."""
-    prefix = io.BytesIO(stream.read(min(stream.remaining, CONTEXT_PREFIX_MAX)))
-    try:
-        context = trust.restricted_unpickler(prefix, source=where).load()
-    except CheckpointError:
-        raise
-    except Exception as exc:  # any malformed stream
-        raise BadPersistentIdError(f"{where}: bad gpuarray context name: {exc}") from None
-    if not isinstance(context, (str, bytes, type(None))):
-        raise BadPersistentIdError(f"{where}: gpuarray context name is {type(context).__name__}")
-    return prefix.getvalue()[prefix.tell() :]
-
-
 def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
     if array.nbytes == 0:
         return memoryview(bytearray())
@@ -153,23 +161,24 @@ def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
     return memoryview(flat.reshape(-1).view(np.uint8))
 
 
-def read_npy(archive: ArchiveSource, name: str, *, context_prefix: bool = False) -> np.ndarray:
-    """Read NPY member ``name`` (after a pickled context name if ``context_prefix``).
+def read_npy(source: ArchiveSource, name: str, *, stream: NpyStream | None = None) -> np.ndarray:
+    """Read NPY member ``name`` (from ``stream`` when given: an adapter over
+    the member, see :mod:`._theano`).
 
     Errors are classified here already (StorageError, ArchiveError): this
     runs inside the unpickler (``persistent_load``), which would take any
     other exception for a malformed pickle.
     """
-    with _reading_errors(archive.source):
-        where = f"{archive.source}: member {name!r}"
-        stream = archive.reader.open(name)
-        head = _skip_context(stream, where) if context_prefix else b""
-        header, rest = _header(stream, head, where)
+    with source.errors():
+        where = f"{source.source}: member {name!r}"
+        member = stream is None
+        stream = source.reader.open(name) if stream is None else stream
+        header, rest = _header(stream, where)
         order = "F" if header.fortran_order else "C"
-        if archive.mapping is not None and stream.member.method == 0 and not context_prefix:
-            offset = archive.reader.data_offset(stream.member) + header.size
+        if member and source.mapping is not None and source.reader.member(name).method == 0:
+            offset = source.reader.data_offset(source.reader.member(name)) + header.size
             flat = np.frombuffer(
-                archive.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
+                source.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
             )
             return flat.reshape(header.shape, order=order)
         array = np.empty(header.shape, dtype=header.dtype, order=order)
@@ -180,14 +189,13 @@ def read_npy(archive: ArchiveSource, name: str, *, context_prefix: bool = False)
         return array
 
 
-def check_member(archive: ArchiveSource, name: str, *, array: bool, context_prefix: bool) -> None:
-    """Read member ``name`` through, checking its CRC-32 and, for an ``array``
-    member, its NPY header against its size."""
-    where = f"{archive.source}: member {name!r}"
-    stream = archive.reader.open(name)
-    head = _skip_context(stream, where) if context_prefix else b""
+def check_member(source: ArchiveSource, name: str, stream: NpyStream | None = None, *, array: bool) -> None:
+    """Read member ``name`` (or ``stream`` over it) through, checking its CRC-32
+    and, for an ``array`` member, its NPY header against its size."""
+    where = f"{source.source}: member {name!r}"
+    stream = source.reader.open(name) if stream is None else stream
     if array:
-        _header(stream, head, where)
+        _header(stream, where)
     while stream.remaining:
         stream.read(min(READ_BLOCK, stream.remaining))
     stream.finish()

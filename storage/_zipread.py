@@ -18,6 +18,23 @@ from dataclasses import dataclass, replace
 from typing import IO
 
 from ._crc import running_crc
+from ._ziprecords import (
+    CENTRAL_ENTRY,
+    COUNT_LIMIT,
+    DEFLATED,
+    END,
+    EXTRA_HEADER,
+    FLAG_ENCRYPTED,
+    FLAG_UTF8,
+    LOCAL_HEADER,
+    STORED,
+    ZIP64_END,
+    ZIP64_EXTRA,
+    ZIP64_LIMIT,
+    ZIP64_LOCATOR,
+    EndRecord,
+    zip64_extra_values,
+)
 from .errors import (
     ArchiveError,
     ArchiveTooLargeError,
@@ -29,10 +46,7 @@ from .errors import (
 
 __all__ = ["Member", "MemberStream", "ZipReader"]
 
-EOCD_SIZE = 22
-TAIL_SIZE = EOCD_SIZE + 0xFFFF + 20 + 56  # end record, longest comment, ZIP64 records
-CENTRAL_SIZE = 46
-LOCAL_SIZE = 30
+TAIL_SIZE = END.size + 0xFFFF + ZIP64_LOCATOR.size + ZIP64_END.size  # 0xFFFF: longest comment
 MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest possible expansion
 READ_BLOCK = 4 << 20  # compressed bytes read at a time
 OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
@@ -98,12 +112,14 @@ class ZipReader:
         tail_start = max(0, file_size - TAIL_SIZE)
         tail = self.read_at(tail_start, file_size - tail_start)
         end_offset, end = self._find_end_record(tail, tail_start)
-        count, directory_size, directory_offset = end[4], end[5], end[6]
-        if count == 0xFFFF or directory_size == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
+        count, directory_size, directory_offset = (
+            end.entries, end.directory_size, end.directory_offset
+        )
+        if count == COUNT_LIMIT or directory_size == ZIP64_LIMIT or directory_offset == ZIP64_LIMIT:
             end_offset, count, directory_size, directory_offset = self._zip64_end(end_offset)
         if directory_offset + directory_size > end_offset:
             raise self._fail(TruncatedArchiveError, "central directory lies beyond the end records")
-        if count * CENTRAL_SIZE > directory_size:
+        if count * CENTRAL_ENTRY.size > directory_size:
             raise self._fail(NotAnArchiveError, f"{count} members cannot fit a central "
                              f"directory of {directory_size} bytes")
         if directory_offset >= tail_start:
@@ -114,37 +130,38 @@ class ZipReader:
         members, minimum_sizes = self._parse_directory(directory, count, directory_offset)
         return self._check_layout(members, minimum_sizes, directory_offset)
 
-    def _find_end_record(self, tail: bytes, tail_start: int) -> tuple[int, tuple[int, ...]]:
-        position = len(tail) - EOCD_SIZE
+    def _find_end_record(self, tail: bytes, tail_start: int) -> tuple[int, EndRecord]:
+        position = len(tail) - END.size
         while position >= 0:
-            position = tail.rfind(b"PK\x05\x06", 0, position + 4)
+            position = tail.rfind(END.signature, 0, position + 4)
             if position < 0:
                 break
-            end = struct.unpack_from("<4sHHHHLLH", tail, position)
-            if position + EOCD_SIZE + end[7] == len(tail):
-                if end[1] or end[2] or end[3] != end[4]:
+            end = END.unpack_from(tail, position)
+            if end is not None and position + END.size + end.comment_length == len(tail):
+                if end.disk or end.directory_disk or end.disk_entries != end.entries:
                     raise self._fail(ArchiveError, "multi-disk ZIP archives are not supported")
                 return tail_start + position, end
             position -= 1
         head = self.read_at(0, min(4, tail_start + len(tail)))
-        if head and b"PK\x03\x04".startswith(head):
+        if head and LOCAL_HEADER.signature.startswith(head):
             raise self._fail(TruncatedArchiveError, "truncated: no end of central directory "
                              "record (the file ends early)")
         raise self._fail(NotAnArchiveError, "not a ZIP archive (no end of central directory)")
 
     def _zip64_end(self, end_offset: int) -> tuple[int, int, int, int]:
-        if end_offset < 20:
+        locator_offset = end_offset - ZIP64_LOCATOR.size
+        if locator_offset < 0:
             raise self._fail(TruncatedArchiveError, "ZIP64 end of directory locator missing")
-        locator = struct.unpack("<4sLQL", self.read_at(end_offset - 20, 20))
-        if locator[0] != b"PK\x06\x07":
+        locator = ZIP64_LOCATOR.unpack_from(self.read_at(locator_offset, ZIP64_LOCATOR.size))
+        if locator is None:
             raise self._fail(NotAnArchiveError, "ZIP64 end of central directory locator missing")
-        record_offset = locator[2]
-        if record_offset + 56 > end_offset - 20:
+        record_offset = locator.end_offset
+        if record_offset + ZIP64_END.size > locator_offset:
             raise self._fail(TruncatedArchiveError, "ZIP64 end record lies beyond the file")
-        record = struct.unpack("<4sQHHLLQQQQ", self.read_at(record_offset, 56))
-        if record[0] != b"PK\x06\x06":
+        record = ZIP64_END.unpack_from(self.read_at(record_offset, ZIP64_END.size))
+        if record is None:
             raise self._fail(NotAnArchiveError, "bad ZIP64 end of central directory record")
-        return record_offset, record[7], record[8], record[9]
+        return record_offset, record.entries, record.directory_size, record.directory_offset
 
     def _parse_directory(
         self, directory: bytes, count: int, directory_offset: int
@@ -153,35 +170,38 @@ class ZipReader:
         minimum_sizes = []  # local header and data, at least
         position = 0
         for _ in range(count):
-            fields = struct.unpack_from("<4sHHHHHHLLLHHHHHLL", directory, position)
-            if fields[0] != b"PK\x01\x02":
+            entry = CENTRAL_ENTRY.unpack_from(directory, position)
+            if entry is None:
                 raise self._fail(NotAnArchiveError, f"bad central directory entry at {position}")
-            flags, method, crc = fields[3], fields[4], fields[7]
-            name_len, extra_len, comment_len = fields[10], fields[11], fields[12]
-            start = position + CENTRAL_SIZE
+            method, name_len, extra_len = entry.method, entry.name_length, entry.extra_length
+            start = position + CENTRAL_ENTRY.size
             raw_name = directory[start : start + name_len]
             extra = directory[start + name_len : start + name_len + extra_len]
-            position = start + name_len + extra_len + comment_len
+            position = start + name_len + extra_len + entry.comment_length
             if position > len(directory):
                 raise self._fail(NotAnArchiveError, "central directory entry overruns its end")
-            name = raw_name.decode("utf8" if flags & 0x800 else "cp437")
-            if flags & 0x1:
+            name = raw_name.decode("utf8" if entry.flags & FLAG_UTF8 else "cp437")
+            if entry.flags & FLAG_ENCRYPTED:
                 raise self._fail(ArchiveError, f"member {name!r} is encrypted (unsupported)")
-            if method not in (0, 8):
+            if method not in (STORED, DEFLATED):
                 raise self._fail(ArchiveError, f"member {name!r} uses unsupported compression "
                                  f"method {method}")
-            size, compressed, offset = _zip64_values(extra, fields[9], fields[8], fields[16])
-            if method == 0 and size != compressed:
+            size, compressed, offset = _zip64_values(
+                extra, entry.size, entry.compressed_size, entry.header_offset
+            )
+            if method == STORED and size != compressed:
                 raise self._fail(ArchiveTooLargeError, f"stored member {name!r} declares {size} "
                                  f"bytes but holds {compressed}")
-            if method == 8 and size > compressed * MAX_DEFLATE_RATIO + 1024:
+            if method == DEFLATED and size > compressed * MAX_DEFLATE_RATIO + 1024:
                 raise self._fail(ArchiveTooLargeError, f"member {name!r} declares {size} bytes, "
                                  f"impossible from {compressed} compressed bytes (zip bomb)")
-            if offset + LOCAL_SIZE + name_len + compressed > directory_offset:
+            if offset + LOCAL_HEADER.size + name_len + compressed > directory_offset:
                 raise self._fail(TruncatedArchiveError, f"member {name!r} extends past the "
                                  f"central directory")
-            members.append(Member(name, method, crc, compressed, size, offset, directory_offset))
-            minimum_sizes.append(LOCAL_SIZE + name_len + compressed)
+            members.append(
+                Member(name, method, entry.crc, compressed, size, offset, directory_offset)
+            )
+            minimum_sizes.append(LOCAL_HEADER.size + name_len + compressed)
         return members, minimum_sizes
 
     def _check_layout(
@@ -205,15 +225,15 @@ class ZipReader:
     def data_offset(self, member: Member) -> int:
         """Absolute offset of the member's (compressed) data, from its local header."""
         if member.name not in self._data_offsets:
-            header = self.read_at(member.header_offset, LOCAL_SIZE)
-            signature, flags, name_len, extra_len = struct.unpack("<4s2xH18xHH", header)
-            if signature != b"PK\x03\x04":
+            header = LOCAL_HEADER.unpack_from(self.read_at(member.header_offset, LOCAL_HEADER.size))
+            if header is None:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r}: bad local header")
-            raw_name = self.read_at(member.header_offset + LOCAL_SIZE, name_len)
-            if raw_name.decode("utf8" if flags & 0x800 else "cp437") != member.name:
+            name_start = member.header_offset + LOCAL_HEADER.size
+            raw_name = self.read_at(name_start, header.name_length)
+            if raw_name.decode("utf8" if header.flags & FLAG_UTF8 else "cp437") != member.name:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
                                  f"names {raw_name!r}")
-            start = member.header_offset + LOCAL_SIZE + name_len + extra_len
+            start = name_start + header.name_length + header.extra_length
             if start + member.compressed_size > member.limit:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
                                  f"disagrees with the central directory")
@@ -236,15 +256,15 @@ class ZipReader:
 def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, int, int]:
     values = [size, compressed, offset]
     position = 0
-    while position + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, position)
-        body = extra[position + 4 : position + 4 + length]
-        if tag == 1:
-            wanted = [i for i, v in enumerate(values) if v == 0xFFFFFFFF]
-            numbers = struct.unpack_from(f"<{len(wanted)}Q", body)
+    while position + EXTRA_HEADER.size <= len(extra):
+        tag, length = EXTRA_HEADER.unpack_from(extra, position)
+        position += EXTRA_HEADER.size
+        if tag == ZIP64_EXTRA:
+            wanted = [i for i, v in enumerate(values) if v == ZIP64_LIMIT]
+            numbers = zip64_extra_values(extra[position : position + length], len(wanted))
             for index, number in zip(wanted, numbers):
                 values[index] = number
-        position += 4 + length
+        position += length
     return values[0], values[1], values[2]
 
 
@@ -263,7 +283,7 @@ class MemberStream:
         self._left = member.size
         self._crc = 0
         self._pending = b""
-        self._inflater = zlib.decompressobj(-15) if member.method == 8 else None
+        self._inflater = zlib.decompressobj(-15) if member.method == DEFLATED else None
 
     def _fail(self, cls: type[ArchiveError], problem: str) -> ArchiveError:
         return self._reader._fail(cls, f"member {self.member.name!r}: {problem}")

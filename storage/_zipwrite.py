@@ -14,7 +14,6 @@ thread writes the same buffer (see :mod:`luigi_checkpoint.storage._crc`).
 
 from __future__ import annotations
 
-import struct
 import time
 import zlib
 from collections.abc import Iterable
@@ -22,16 +21,35 @@ from dataclasses import dataclass
 from typing import IO
 
 from ._crc import crc32, running_crc
+from ._ziprecords import (
+    ALIGN_HEADER,
+    CENTRAL_ENTRY,
+    COUNT_LIMIT,
+    DEFLATED,
+    DESCRIPTOR,
+    END,
+    FLAG_DESCRIPTOR,
+    FLAG_UTF8,
+    LOCAL_HEADER,
+    STORED,
+    ZIP64_DESCRIPTOR,
+    ZIP64_END,
+    ZIP64_LIMIT,
+    ZIP64_LOCATOR,
+    CentralEntry,
+    DataDescriptor,
+    EndRecord,
+    LocalHeader,
+    Zip64EndRecord,
+    Zip64Locator,
+    align_extra,
+    zip64_extra,
+)
 
 __all__ = ["ZipWriter", "WrittenMember"]
 
-ZIP64_LIMIT = 0xFFFFFFFF
-COUNT_LIMIT = 0xFFFF
 WRITE_BLOCK = 16 << 20  # bytes handed to the file per write call
-ALIGN_RECORD = 0xD935
-FLAG_DESCRIPTOR = 0x08
-FLAG_UTF8 = 0x800
-METHODS = {"stored": 0, "deflate": 8}
+METHODS = {"stored": STORED, "deflate": DEFLATED}
 
 
 @dataclass(frozen=True)
@@ -98,15 +116,15 @@ class ZipWriter:
         header_offset = self._position
         self._write(self._local_header(encoded, zip64, header_offset, align))
         data_offset = self._position
-        if self._method == 0:
+        if self._method == STORED:
             crc, written = self._write_stored(chunks)
             compressed = written
         else:
             crc, written, compressed = self._write_deflated(chunks)
         if written != size:
             raise ValueError(f"member {name!r}: announced {size} bytes, got {written}")
-        descriptor = "<4sLQQ" if zip64 else "<4sLLL"
-        self._write(struct.pack(descriptor, b"PK\x07\x08", crc, compressed, size))
+        descriptor = ZIP64_DESCRIPTOR if zip64 else DESCRIPTOR
+        self._write(descriptor.pack(DataDescriptor(crc=crc, compressed_size=compressed, size=size)))
         member = WrittenMember(
             name, self._method, header_offset, data_offset, crc, compressed, size, zip64
         )
@@ -128,68 +146,60 @@ class ZipWriter:
             or directory_size >= ZIP64_LIMIT
         ):
             record_offset = self._position
-            self._write(
-                struct.pack(
-                    "<4sQHHLLQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0,
-                    count, count, directory_size, directory_offset,
-                )
+            record = Zip64EndRecord(
+                record_size=ZIP64_END.size - 12, version_made=45, version_needed=45,
+                disk=0, directory_disk=0, disk_entries=count, entries=count,
+                directory_size=directory_size, directory_offset=directory_offset,
             )
-            self._write(struct.pack("<4sLQL", b"PK\x06\x07", 0, record_offset, 1))
+            self._write(ZIP64_END.pack(record))
+            locator = Zip64Locator(end_disk=0, end_offset=record_offset, disks=1)
+            self._write(ZIP64_LOCATOR.pack(locator))
             count = min(count, COUNT_LIMIT)
             directory_size = min(directory_size, ZIP64_LIMIT)
             directory_offset = min(directory_offset, ZIP64_LIMIT)
-        self._write(
-            struct.pack(
-                "<4sHHHHLLH", b"PK\x05\x06", 0, 0, count, count,
-                directory_size, directory_offset, 0,
-            )
+        end = EndRecord(
+            disk=0, directory_disk=0, disk_entries=count, entries=count,
+            directory_size=directory_size, directory_offset=directory_offset, comment_length=0,
         )
+        self._write(END.pack(end))
 
     def _flags(self, encoded: bytes) -> int:
         return FLAG_DESCRIPTOR | (FLAG_UTF8 if not encoded.isascii() else 0)
 
     def _local_header(self, encoded: bytes, zip64: bool, offset: int, align: int) -> bytes:
-        extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
-        if align > 1 and self._method == 0:
-            pad = -(offset + 30 + len(encoded) + len(extra)) % align
-            while 0 < pad < 6:
+        extra = zip64_extra([0, 0]) if zip64 else b""
+        if align > 1 and self._method == STORED:
+            pad = -(offset + LOCAL_HEADER.size + len(encoded) + len(extra)) % align
+            while 0 < pad < ALIGN_HEADER.size:
                 pad += align
             if pad:
-                extra += struct.pack("<HHH", ALIGN_RECORD, pad - 4, align) + bytes(pad - 6)
+                extra += align_extra(pad, align)
         size_field = ZIP64_LIMIT if zip64 else 0
-        return (
-            struct.pack(
-                "<4sHHHHHLLLHH", b"PK\x03\x04", 45 if zip64 else 20, self._flags(encoded),
-                self._method, self._time, self._date, 0, size_field, size_field,
-                len(encoded), len(extra),
-            )
-            + encoded
-            + extra
+        header = LocalHeader(
+            version_needed=45 if zip64 else 20, flags=self._flags(encoded), method=self._method,
+            time=self._time, date=self._date, crc=0, compressed_size=size_field, size=size_field,
+            name_length=len(encoded), extra_length=len(extra),
         )
+        return LOCAL_HEADER.pack(header) + encoded + extra
 
     def _central_entry(self, member: WrittenMember) -> bytes:
         encoded = member.name.encode("utf8")
         fields = [member.size, member.compressed_size, member.header_offset]
         large = [self._force_zip64 or value >= ZIP64_LIMIT for value in fields]
         extra_values = [value for value, big in zip(fields, large) if big]
-        extra = (
-            struct.pack(f"<HH{len(extra_values)}Q", 1, 8 * len(extra_values), *extra_values)
-            if extra_values
-            else b""
-        )
+        extra = zip64_extra(extra_values) if extra_values else b""
         size, compressed, offset = (
             ZIP64_LIMIT if big else value for value, big in zip(fields, large)
         )
         version = 45 if extra_values else 20
-        return (
-            struct.pack(
-                "<4sHHHHHHLLLHHHHHLL", b"PK\x01\x02", (3 << 8) | version, version,
-                self._flags(encoded), member.method, self._time, self._date, member.crc,
-                compressed, size, len(encoded), len(extra), 0, 0, 0, 0o100644 << 16, offset,
-            )
-            + encoded
-            + extra
+        entry = CentralEntry(
+            version_made=(3 << 8) | version, version_needed=version, flags=self._flags(encoded),
+            method=member.method, time=self._time, date=self._date, crc=member.crc,
+            compressed_size=compressed, size=size, name_length=len(encoded),
+            extra_length=len(extra), comment_length=0, disk=0, internal_attributes=0,
+            external_attributes=0o100644 << 16, header_offset=offset,
         )
+        return CENTRAL_ENTRY.pack(entry) + encoded + extra
 
     def _write(self, data: memoryview | bytes) -> None:
         view = memoryview(data).cast("B")

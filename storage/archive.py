@@ -7,6 +7,10 @@ array data starts at 64-byte aligned offsets. ``numpy.load`` reads the array
 members, Theano's ``pkl_utils.load`` reads the whole, and :func:`load` reads
 Theano's archives (``ndarray.``, ``cuda_ndarray.`` and ``gpuarray.`` ids).
 
+:func:`open_archive` opens an archive once as an :class:`Archive` handle that
+answers many questions (manifest, load, selected arrays, verify, audit) with
+one directory read; the module functions open, ask one and close.
+
 ``load(..., mmap=True)`` maps stored members of an archive on local disk as
 read-only arrays, with no copy and no CRC check (:func:`verify` checks them);
 DEFLATE members and archives elsewhere (S3, memory, open files) are read into
@@ -16,35 +20,34 @@ fresh memory instead.
 from __future__ import annotations
 
 import io
-import itertools
-import json
 import os
+import itertools
 import pickle
-import platform
 import pickletools
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import numpy as np
 
-from . import _npy as npy, _trust as trust
-from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, MissingMemberError
+from . import _manifest, _theano
+from . import _npy as npy
+from . import _trust as trust
 from ._externalize import Frozen, freeze
-from .fs import atomic_write, resolve
-from ._npy import ALIGN
-from ._reading import ArchiveSource, check_member, open_source, parse_manifest_json, read_npy
+from ._reading import ArchiveSource, NpyStream, Source, check_member, open_source, read_npy
 from ._zipwrite import ZipWriter
+from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, MissingMemberError
+from .fs import Location, atomic_write, resolve
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "Archive",
     "Frozen",
     "audit",
     "dump",
     "freeze",
     "load",
+    "open_archive",
     "read_arrays",
     "read_manifest",
     "verify",
@@ -55,16 +58,8 @@ FORMAT = "luigi-checkpoint/archive"
 FORMAT_VERSION = 1
 """Bump when a reader of the previous version would misread an archive."""
 PICKLE = "pkl"
-MANIFEST = "manifest.json"
+MANIFEST = _manifest.MEMBER
 ID_KINDS = ("ndarray", "cuda_ndarray", "gpuarray")
-Source = str | os.PathLike[str] | IO[bytes]
-
-
-def _library_version() -> str:
-    try:
-        return importlib_metadata.version("luigi-checkpoint")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def write_frozen(
@@ -73,21 +68,22 @@ def write_frozen(
     *,
     compression: str = "stored",
     metadata: Mapping[str, Any] | None = None,
+    where: str = "archive",
 ) -> dict[str, Any]:
-    """Write a :class:`Frozen` object to ``file`` sequentially; return the manifest."""
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "python_version": platform.python_version(),
-        "numpy_version": np.__version__,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "pickle_protocol": frozen.protocol,
-        "compression": compression,
-        "metadata": dict(metadata or {}),
-        "arrays": [],
-    }
-    json.dumps(manifest["metadata"])  # refuse unserializable metadata before writing
+    """Write a :class:`Frozen` object to ``file`` sequentially; return the manifest.
+
+    ``where`` names the destination in errors (unserializable ``metadata`` is
+    refused before anything is written).
+    """
+    manifest = _manifest.new(
+        "archive",
+        FORMAT_VERSION,
+        where,
+        pickle_protocol=frozen.protocol,
+        compression=compression,
+        metadata=dict(metadata or {}),
+        arrays=[],
+    )
     writer = ZipWriter(file, compression=compression)
     for name, array in frozen.arrays:
         header = npy.header_bytes(array)
@@ -95,7 +91,7 @@ def write_frozen(
             name,
             itertools.chain([header], npy.array_chunks(array)),
             size=len(header) + array.nbytes,
-            align=ALIGN,
+            align=npy.ALIGN,
         )
         manifest["arrays"].append(
             {
@@ -107,7 +103,7 @@ def write_frozen(
             }
         )
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
-    text = json.dumps(manifest, indent=1).encode("utf8")
+    text = _manifest.to_bytes(manifest)
     writer.add(MANIFEST, [text], size=len(text))
     writer.close()
     return manifest
@@ -122,18 +118,168 @@ def dump(
     metadata: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save ``obj`` as an archive at ``dest`` (path, URL or open binary file).
+    """Save ``obj`` as an archive at ``dest`` (path, URL, location or open binary file).
 
     A path or URL appears whole or not at all (a failure leaves any previous
     file untouched and no temp file); an open file is written sequentially,
     never seeked. Returns the manifest.
     """
     frozen = freeze(obj, protocol=protocol, copy=False)
-    if isinstance(dest, (str, os.PathLike)):
-        fs, path = resolve(dest, storage_options)
-        with atomic_write(fs, path) as f:
-            return write_frozen(frozen, f, compression=compression, metadata=metadata)
-    return write_frozen(frozen, dest, compression=compression, metadata=metadata)
+    if isinstance(dest, (str, os.PathLike, Location)):
+        target = resolve(dest, storage_options)
+        with atomic_write(target) as f:
+            return write_frozen(frozen, f, compression=compression, metadata=metadata, where=target.url)
+    return write_frozen(frozen, dest, compression=compression, metadata=metadata, where=repr(dest))
+
+
+class Archive:
+    """An open checkpoint archive (ours or Theano's): its directory is read
+    once, then it answers any number of questions.
+
+    Use it as a context manager (or call :meth:`close`); made by
+    :func:`open_archive`. ``source`` names it (a URL or path), ``size`` is its
+    length in bytes.
+    """
+
+    def __init__(self, opened: ArchiveSource) -> None:
+        self._source = opened
+        self._manifest: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Archive {self.source}>"
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file the archive was opened from (unless the caller gave it)."""
+        self._source.close()
+
+    @property
+    def source(self) -> str:
+        """The archive's URL, path or (for an open file) repr, as errors name it."""
+        return self._source.source
+
+    @property
+    def size(self) -> int:
+        """The archive's size in bytes."""
+        return self._source.size
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest, after the cheap consistency check: the directory and
+        the manifest agree (no array data is read). Raises :class:`ArchiveError`."""
+        if self._manifest is None:
+            with self._source.errors():
+                self._manifest = _checked_manifest(self._source)
+        return self._manifest
+
+    def load(
+        self,
+        *,
+        trusted: Iterable[Any] = (),
+        renames: Mapping[str, str] | None = None,
+        unsafe: bool = False,
+    ) -> Any:
+        """The archived object, loaded safely; see :mod:`luigi_checkpoint.storage._trust`."""
+        archive = self._source
+        arrays: dict[str, np.ndarray] = {}
+
+        def persistent_load(pid: Any) -> np.ndarray:
+            kind, name = _parse_id(archive, pid)
+            if name not in arrays:
+                arrays[name] = read_npy(archive, name, stream=self._gpuarray(name, kind == "gpuarray"))
+            return arrays[name]
+
+        with archive.errors():
+            return trust.load_pickle(
+                archive.reader.read(PICKLE),
+                source=archive.source,
+                trusted=trusted,
+                renames=renames,
+                unsafe=unsafe,
+                persistent_load=persistent_load,
+            )
+
+    def read_arrays(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays by member name, straight from the NPY members (nothing unpickled).
+
+        ``names=None`` reads every array member: those the manifest lists or,
+        in an archive without one (Theano's), every member but ``pkl``.
+        """
+        return {name: self.read_array(name) for name in self.array_names(names)}
+
+    def array_names(self, names: Iterable[str] | None = None) -> list[str]:
+        """``names`` after checking each is a member; for None, every array member."""
+        reader = self._source.reader
+        if names is not None:
+            wanted = list(names)
+            for name in wanted:
+                reader.member(name)
+            return wanted
+        if MANIFEST in reader:
+            return [entry["name"] for entry in self.manifest()["arrays"]]
+        return [name for name in reader.members if name != PICKLE]
+
+    def read_array(self, name: str) -> np.ndarray:
+        """The array in member ``name``, read into fresh memory (or mapped)."""
+        return read_npy(self._source, name, stream=self._gpuarray(name))
+
+    def verify(self) -> list[str]:
+        """Check every member's CRC-32 and NPY header, the manifest and the
+        persistent ids; return the problems found (empty: the archive is good)."""
+        archive = self._source
+        reader = archive.reader
+        with archive.errors():
+            problems = [
+                problem
+                for name in reader.members
+                if (problem := _problem(lambda name=name: self._check_member(name)))
+            ]
+            if PICKLE not in reader:
+                return [*problems, f"{archive.source}: no member {PICKLE!r}"]
+            if MANIFEST in reader:
+                problems += filter(None, [_problem(self.manifest)])
+            problems += filter(None, [_problem(lambda: _check_ids(archive))])
+            return problems
+
+    def audit(
+        self, *, trusted: Iterable[Any] = (), renames: Mapping[str, str] | None = None
+    ) -> trust.Audit:
+        """Every global the archive's pickle would import, and which are untrusted."""
+        with self._source.errors():
+            data = self._source.reader.read(PICKLE)
+            return trust.audit_pickle(data, trusted=trusted, renames=renames, source=self.source)
+
+    def _check_member(self, name: str) -> None:
+        array = name not in (PICKLE, MANIFEST)
+        check_member(self._source, name, self._gpuarray(name) if array else None, array=array)
+
+    def _gpuarray(self, name: str, known: bool | None = None) -> NpyStream | None:
+        """For a Theano ``gpuarray`` member, the NPY stream after its context
+        name; None for a plain NPY member. ``known`` comes from the persistent
+        id; without it only Theano's archives (no manifest) are looked into."""
+        reader = self._source.reader
+        with self._source.errors():
+            if known is None:
+                known = MANIFEST not in reader and _theano.has_context_prefix(reader, name)
+            if not known:
+                return None
+            return _theano.npy_stream(reader.open(name), f"{self.source}: member {name!r}")
+
+
+def open_archive(
+    src: Source, *, mmap: bool = False, storage_options: dict[str, Any] | None = None
+) -> Archive:
+    """Open an archive (path, URL, location or open binary file) once.
+
+    ``mmap=True`` maps stored arrays of a local archive read-only instead of
+    reading them (falls back to reading elsewhere). Raises FileNotFoundError,
+    :class:`StorageError` or :class:`ArchiveError`.
+    """
+    return Archive(open_source(src, storage_options, map_file=mmap))
 
 
 def load(
@@ -145,29 +291,51 @@ def load(
     unsafe: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
-    """Load an archive (ours or Theano's) safely; see :mod:`luigi_checkpoint.storage._trust`.
+    """Load an archive (ours or Theano's) safely; see :meth:`Archive.load`.
 
     ``mmap=True`` maps stored arrays of a local archive read-only instead of
     reading them (falls back to reading elsewhere).
     """
-    with open_source(src, storage_options, mmap=mmap) as archive:
-        data = archive.reader.read(PICKLE)
-        arrays: dict[str, np.ndarray] = {}
+    with open_archive(src, mmap=mmap, storage_options=storage_options) as archive:
+        return archive.load(trusted=trusted, renames=renames, unsafe=unsafe)
 
-        def persistent_load(pid: Any) -> np.ndarray:
-            kind, name = _parse_id(archive, pid)
-            if name not in arrays:
-                arrays[name] = read_npy(archive, name, context_prefix=kind == "gpuarray")
-            return arrays[name]
 
-        return trust.load_pickle(
-            data,
-            source=archive.source,
-            trusted=trusted,
-            renames=renames,
-            unsafe=unsafe,
-            persistent_load=persistent_load,
-        )
+def read_manifest(src: Source, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest, after a cheap consistency check (directory and manifest only)."""
+    with open_archive(src, storage_options=storage_options) as archive:
+        return archive.manifest()
+
+
+def verify(src: Source, *, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Check every member's CRC-32 and NPY header; return the problems found."""
+    try:
+        with open_archive(src, storage_options=storage_options) as archive:
+            return archive.verify()
+    except ArchiveError as exc:
+        return [str(exc)]
+
+
+def read_arrays(
+    src: Source,
+    names: Iterable[str] | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Arrays by member name, straight from the NPY members; see :meth:`Archive.read_arrays`."""
+    with open_archive(src, storage_options=storage_options) as archive:
+        return archive.read_arrays(names)
+
+
+def audit(
+    src: Source,
+    *,
+    trusted: Iterable[Any] = (),
+    renames: Mapping[str, str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> trust.Audit:
+    """Every global the archive's pickle would import, and which are untrusted."""
+    with open_archive(src, storage_options=storage_options) as archive:
+        return archive.audit(trusted=trusted, renames=renames)
 
 
 def _parse_id(archive: ArchiveSource, pid: Any) -> tuple[str, str]:
@@ -187,23 +355,10 @@ def _parse_id(archive: ArchiveSource, pid: Any) -> tuple[str, str]:
     return kind, name
 
 
-def read_manifest(src: Source, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest, after a cheap consistency check (directory and manifest only)."""
-    with open_source(src, storage_options) as archive:
-        return _checked_manifest(archive)
-
-
 def _checked_manifest(archive: ArchiveSource) -> dict[str, Any]:
     reader = archive.reader
-    manifest = parse_manifest_json(reader.read(MANIFEST), archive.source)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArchiveError(f"{archive.source}: {MANIFEST} is not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArchiveError(
-            f"{archive.source}: format version {version!r} is newer than this reader "
-            f"({FORMAT_VERSION}); upgrade luigi-checkpoint"
-        )
+    data = reader.read(MANIFEST) if MANIFEST in reader else None
+    manifest = _manifest.parse(data, archive.source, kind="archive", version=FORMAT_VERSION)
     reader.member(PICKLE)
     entries = manifest.get("arrays")
     if not isinstance(entries, list):
@@ -238,31 +393,6 @@ def _check_entry(archive: ArchiveSource, entry: Any) -> None:
         raise ArchiveError(f"{where}: offset lies outside its member")
 
 
-def verify(src: Source, *, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Check every member's CRC-32 and NPY header; return the problems found."""
-    try:
-        with open_source(src, storage_options) as archive:
-            problems = [
-                problem
-                for name in archive.reader.members
-                if (problem := _problem(lambda name=name: _check_member(archive, name)))
-            ]
-            if PICKLE not in archive.reader:
-                return [*problems, f"{archive.source}: no member {PICKLE!r}"]
-            if MANIFEST in archive.reader:
-                problems += filter(None, [_problem(lambda: _checked_manifest(archive))])
-            problems += filter(None, [_problem(lambda: _check_ids(archive))])
-            return problems
-    except ArchiveError as exc:
-        return [str(exc)]
-
-
-def _check_member(archive: ArchiveSource, name: str) -> None:
-    array = name not in (PICKLE, MANIFEST)
-    prefix = array and _starts_with_pickle(archive, name)
-    check_member(archive, name, array=array, context_prefix=prefix)
-
-
 def _problem(check: Any) -> str | None:
     try:
         check()
@@ -294,51 +424,3 @@ def _check_ids(archive: ArchiveSource) -> None:
         raise
     except (ValueError, EOFError) as exc:
         raise CorruptPickleError(f"{archive.source}: malformed pickle: {exc}") from None
-
-
-def read_arrays(
-    src: Source,
-    names: Iterable[str] | None = None,
-    *,
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
-    """Arrays by member name, straight from the NPY members (nothing unpickled).
-
-    ``names=None`` reads every array member: those the manifest lists or,
-    in an archive without one (Theano's), every member but ``pkl``; there a
-    member starting with a pickle is a ``gpuarray`` one (context name first).
-    """
-    with open_source(src, storage_options) as archive:
-        reader = archive.reader
-        if names is not None:
-            wanted = list(names)
-            for name in wanted:
-                reader.member(name)
-        elif MANIFEST in reader:
-            wanted = [entry["name"] for entry in _checked_manifest(archive)["arrays"]]
-        else:
-            wanted = [name for name in reader.members if name != PICKLE]
-        return {
-            name: read_npy(archive, name, context_prefix=_starts_with_pickle(archive, name))
-            for name in wanted
-        }
-
-
-def _starts_with_pickle(archive: ArchiveSource, name: str) -> bool:
-    stream = archive.reader.open(name)
-    return stream.read(min(2, stream.remaining)) == pickle.PROTO + b"\x02"
-
-
-def audit(
-    src: Source,
-    *,
-    trusted: Iterable[Any] = (),
-    renames: Mapping[str, str] | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> trust.Audit:
-    """Every global the archive's pickle would import, and which are untrusted."""
-    with open_source(src, storage_options) as archive:
-        return trust.audit_pickle(
-            archive.reader.read(PICKLE), trusted=trusted, renames=renames, source=archive.source
-        )
-

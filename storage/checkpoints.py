@@ -11,11 +11,12 @@ Layout and discovery
 
 The newest good checkpoint
     A checkpoint counts only if its archive passes the cheap check of
-    :func:`luigi_checkpoint.storage.archive.read_manifest` (end of central directory and
-    manifest, read with range requests): ``latest_step()`` reads the newest
+    :meth:`luigi_checkpoint.storage.archive.Archive.manifest` (end of central
+    directory and manifest, read with range requests): ``latest_step()`` reads the newest
     archives only, until one passes. A damaged archive is logged with its URL
     and skipped, never loaded; :meth:`CheckpointStore.restore` also falls back
-    when the full load fails with an :class:`ArchiveError`. A file that
+    when the full load fails with an :class:`ArchiveError`. The archive that is
+    loaded is opened once: checked, then loaded through the same handle. A file that
     vanishes while it is being read (another process pruned it) makes the
     store list again: newer checkpoints exist by then. "No good checkpoint"
     takes two listings in a row that agree.
@@ -28,15 +29,11 @@ Retention
     of interrupted writes (``.step-<12 digits>.zip.<hex>.partial``) are deleted
     once :func:`luigi_checkpoint.storage.fs.is_abandoned_temp` says no writer holds them (a live
     local writer keeps a lock on its temp file), so a write in progress in
-    another process is never touched. On object stores an
-    interrupted upload leaves no visible object, and a failed save aborts the
-    multipart uploads it began. A killed save, or a create request still in
-    flight when a failed save gave up, leaves an incomplete upload (billed,
-    invisible); every prune aborts those of steps whose archive exists, as
-    they can never complete (the write is exclusive). So the leftovers of a
-    step go when that step is saved again, as a retried task does; uploads of
-    other steps may be live saves and are left alone (a bucket lifecycle rule
-    ``AbortIncompleteMultipartUpload`` covers steps never saved again).
+    another process is never touched. On object stores an interrupted upload
+    leaves no visible object; every prune aborts the incomplete uploads of
+    steps whose archive exists (:func:`luigi_checkpoint.storage._s3.abort_uploads_of_existing`),
+    so the leftovers of a killed save go when that step is saved again, as a
+    retried task does.
 
 Asynchronous saves
     ``save(..., block=False)`` pickles the state and copies its arrays in the
@@ -59,22 +56,22 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
-from . import archive
-from .errors import ArchiveError, CheckpointNotFoundError
+from . import _manifest, _s3, archive
+from .errors import ArchiveError, CheckpointNotFoundError, ObjectExistsError, StepExistsError
 from .fs import (
-    abort_upload,
+    Location,
     atomic_write,
     fresh_listing,
-    incomplete_uploads,
     is_abandoned_temp,
     is_temp_name,
     resolve,
-    url_of,
+    storage_errors,
 )
 
 __all__ = [
@@ -155,7 +152,8 @@ class CheckpointStore:
     Parameters
     ----------
     root
-        Folder of the run: a local path or an fsspec URL (``s3://bucket/run``).
+        Folder of the run: a local path, an fsspec URL (``s3://bucket/run``)
+        or a :class:`~luigi_checkpoint.storage.fs.Location`.
     keep_last
         Number of newest checkpoints kept by pruning; None keeps everything.
     keep_every
@@ -169,7 +167,7 @@ class CheckpointStore:
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | Location,
         *,
         keep_last: int | None = 3,
         keep_every: int | None = None,
@@ -180,9 +178,8 @@ class CheckpointStore:
                 raise ValueError(f"{option} must be a positive integer or None, got {value}")
         self.keep_last = keep_last
         self.keep_every = keep_every
-        self._storage_options = dict(storage_options or {})
-        self._fs, path = resolve(root, self._storage_options)
-        self._root = path.rstrip("/") or path
+        location = resolve(root, storage_options)
+        self._root = Location(location.fs, location.path.rstrip("/") or location.path)
         self._pending: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
         self._failure: BaseException | None = None
@@ -204,16 +201,22 @@ class CheckpointStore:
             self._pending.join()
 
     @property
+    def root(self) -> Location:
+        """The run's folder."""
+        return self._root
+
+    @property
     def root_url(self) -> str:
         """URL of the run's folder (plain path on local disk)."""
-        return url_of(self._fs, self._root)
+        return self._root.url
+
+    def location_of(self, step: int) -> Location:
+        """Where the archive of ``step`` is (whether or not it exists)."""
+        return self._root.child(archive_name(step))
 
     def url_of(self, step: int) -> str:
         """URL of the archive of ``step`` (whether or not it exists)."""
-        return url_of(self._fs, self._path(step))
-
-    def _path(self, step: int) -> str:
-        return f"{self._root}/{archive_name(step)}"
+        return self.location_of(step).url
 
     # -- writing -----------------------------------------------------------
 
@@ -236,15 +239,14 @@ class CheckpointStore:
         """
         self._settle()
         step = operator.index(step)
-        path = self._path(step)
         meta = _json_copy({**(metadata or {}), "step": step}, self.url_of(step))
         frozen = archive.freeze(state, copy=not block, reuse=self._spare)
         self._spare = None
         if block:
-            return self._write(step, path, frozen, meta)
+            return self._write(step, frozen, meta)
         self._pending = threading.Thread(
             target=self._write_in_background,
-            args=(step, path, frozen, meta),
+            args=(step, frozen, meta),
             name=f"checkpoint-save-{step}",
         )
         self._pending.start()
@@ -261,12 +263,14 @@ class CheckpointStore:
         """Wait for the background save and raise its failure, if any."""
         self._settle()
 
-    def _write(
-        self, step: int, path: str, frozen: archive.Frozen, meta: dict[str, Any]
-    ) -> CheckpointInfo:
-        with atomic_write(self._fs, path, exclusive=True) as f:
-            manifest = archive.write_frozen(frozen, f, metadata=meta)
-            size = f.tell()
+    def _write(self, step: int, frozen: archive.Frozen, meta: dict[str, Any]) -> CheckpointInfo:
+        target = self.location_of(step)
+        try:
+            with atomic_write(target, exclusive=True) as f:
+                manifest = archive.write_frozen(frozen, f, metadata=meta, where=target.url)
+                size = f.tell()
+        except ObjectExistsError as exc:
+            raise StepExistsError(f"checkpoint of step {step} exists: {exc}") from None
         info = self._info_from(step, size, manifest)
         try:
             self._prune(known_good=step)
@@ -274,11 +278,9 @@ class CheckpointStore:
             logger.warning("saved %s, but pruning %s failed: %s", info.url, self.root_url, exc)
         return info
 
-    def _write_in_background(
-        self, step: int, path: str, frozen: archive.Frozen, meta: dict[str, Any]
-    ) -> None:
+    def _write_in_background(self, step: int, frozen: archive.Frozen, meta: dict[str, Any]) -> None:
         try:
-            self._result = self._write(step, path, frozen, meta)
+            self._result = self._write(step, frozen, meta)
             self._spare = frozen  # written: the next async save copies into its buffers
         except BaseException as exc:  # handed to the caller by _settle()
             logger.warning("background save of %s failed: %s", self.url_of(step), exc)
@@ -307,74 +309,111 @@ class CheckpointStore:
         found = self._newest(self._check)
         return None if found is None else found[0]
 
+    @contextmanager
+    def open(self, step: int | None = None) -> Iterator[tuple[int, archive.Archive]]:
+        """Open a checkpoint that passes the cheap check: ``(step, archive)``,
+        the archive closed when the block ends.
+
+        ``step=None`` opens the newest such checkpoint (as :meth:`latest_step`
+        finds it). Raises :class:`CheckpointNotFoundError` if there is none.
+        """
+        self._settle()
+
+        def opened(at: int) -> archive.Archive:
+            handle = self._open(at)
+            try:
+                handle.manifest()
+            except BaseException:
+                handle.close()
+                raise
+            return handle
+
+        found = self._find(step, opened, "no good checkpoint to open")
+        with found[1]:
+            yield found
+
     def info(self, step: int) -> CheckpointInfo:
         """Manifest facts of ``step`` (size, created, metadata, arrays).
 
         Raises :class:`ArchiveError` if the archive fails the cheap check.
         """
         self._settle()
-        path = self._path(step)
         try:
-            manifest = self._check(step)
-            self._fs.invalidate_cache(path)
-            size = self._fs.size(path)
+            with self._open(step) as handle:
+                return self._info_from(step, handle.size, handle.manifest())
         except FileNotFoundError:
             raise self._not_found(step) from None
-        return self._info_from(step, size, manifest)
 
-    def restore(self, step: int | None = None, **load_kwargs: Any) -> tuple[int, Any]:
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        trusted: Iterable[Any] = (),
+        renames: Mapping[str, str] | None = None,
+        mmap: bool = False,
+        unsafe: bool = False,
+    ) -> tuple[int, Any]:
         """Load a checkpoint: ``(step, state)``.
 
         The archive must pass the cheap check of :meth:`latest_step` and load;
         ``step=None`` takes the newest such checkpoint, skipping (and logging)
-        those that fail with an :class:`ArchiveError`. ``load_kwargs``
-        go to :func:`luigi_checkpoint.storage.archive.load` (``trusted``, ``renames``, ``mmap``...).
-        Raises :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
+        those that fail with an :class:`ArchiveError`. Each archive is opened
+        once. ``trusted``, ``renames``, ``mmap`` and ``unsafe`` are those of
+        :func:`luigi_checkpoint.storage.archive.load`. Raises
+        :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
         """
         self._settle()
 
         def load(at: int) -> Any:
-            url = self.url_of(at)
-            try:
-                self._check(at)
-                return archive.load(url, storage_options=self._storage_options, **load_kwargs)
-            except FileNotFoundError:
-                raise self._not_found(at) from None
+            with self._open(at, mmap=mmap) as handle:
+                handle.manifest()
+                return handle.load(trusted=trusted, renames=renames, unsafe=unsafe)
 
+        return self._find(step, load, "no good checkpoint to restore")
+
+    def _find(self, step: int | None, check: Callable[[int], T], nothing: str) -> tuple[int, T]:
+        """``(step, check(step))`` for the given step, or for the newest step that
+        passes ``check``; :class:`CheckpointNotFoundError` saying ``nothing``."""
         if step is not None:
-            return step, load(step)
-        found = self._newest(load)
+            try:
+                return step, check(step)
+            except FileNotFoundError:
+                raise self._not_found(step) from None
+        found = self._newest(check)
         if found is None:
-            raise CheckpointNotFoundError(f"{self.root_url}: no good checkpoint to restore")
+            raise CheckpointNotFoundError(f"{self.root_url}: {nothing}")
         return found
 
     def verify(self, step: int) -> VerifyReport:
         """Check every CRC and NPY header of the archive of ``step``."""
         self._settle()
-        url = self.url_of(step)
         try:
-            problems = tuple(archive.verify(url, storage_options=self._storage_options))
+            problems = tuple(archive.verify(self.location_of(step)))
         except FileNotFoundError:
             raise self._not_found(step) from None
-        return VerifyReport(step=step, url=url, ok=not problems, problems=problems)
+        return VerifyReport(step=step, url=self.url_of(step), ok=not problems, problems=problems)
 
     def _not_found(self, step: int) -> CheckpointNotFoundError:
         return CheckpointNotFoundError(f"{self.url_of(step)}: no checkpoint of step {step}")
 
+    def _open(self, step: int, *, mmap: bool = False) -> archive.Archive:
+        return archive.open_archive(self.location_of(step), mmap=mmap)
+
     def _check(self, step: int) -> dict[str, Any]:
-        return archive.read_manifest(self.url_of(step), storage_options=self._storage_options)
+        with self._open(step) as handle:
+            return handle.manifest()
 
     def _scan(self) -> _Listing:
         steps: list[int] = []
         stale: list[str] = []
-        for entry in fresh_listing(self._fs, self._root):
+        for entry in fresh_listing(self._root):
             if entry.get("type") != "file":
                 continue
             name = entry["name"].rstrip("/").rpartition("/")[2]
             step = step_of(name)
             if step is not None:
                 steps.append(step)
-            elif _is_own_temp(name) and is_abandoned_temp(self._fs, entry):
+            elif _is_own_temp(name) and is_abandoned_temp(self._root.fs, entry):
                 stale.append(entry["name"])
         return _Listing(sorted(steps), stale)
 
@@ -415,7 +454,7 @@ class CheckpointStore:
             step=step,
             url=self.url_of(step),
             size=size,
-            created=_utc(manifest["created"]),
+            created=_manifest.parse_time(manifest["created"]),
             metadata=manifest.get("metadata") or {},
             arrays=tuple(
                 ArrayInfo(a["name"], a["dtype"], tuple(a["shape"]), a["nbytes"])
@@ -441,17 +480,12 @@ class CheckpointStore:
             return doomed
         for temp in listing.stale_temps:
             self._remove(temp)
-        self._abort_doomed_uploads(set(listing.steps))
-        return [s for s in doomed if self._remove(self._path(s))]
-
-    def _abort_doomed_uploads(self, existing: set[int]) -> None:
-        """Abort the incomplete multipart uploads of the ``existing`` steps."""
-        if not existing:
-            return
-        for path, upload_id in incomplete_uploads(self._fs, f"{self._root}/step-"):
-            if step_of(path.rpartition("/")[2]) in existing:
-                logger.info("aborting the incomplete upload %s of %s", upload_id, url_of(self._fs, path))
-                abort_upload(self._fs, path, upload_id)
+        if listing.steps:
+            with storage_errors(self.root_url):
+                _s3.abort_uploads_of_existing(
+                    self._root.fs, f"{self._root.path}/step-", {archive_name(s) for s in listing.steps}
+                )
+        return [s for s in doomed if self._remove(self.location_of(s).path)]
 
     def _doomed(self, steps: list[int], known_good: int | None) -> list[int]:
         """The steps the retention policy deletes; ``known_good`` passed the check."""
@@ -477,25 +511,19 @@ class CheckpointStore:
 
     def _remove(self, path: str) -> bool:
         """Delete ``path``; False if it was already gone."""
+        fs = self._root.fs
         try:
-            self._fs.rm_file(path)
+            fs.rm_file(path)
         except FileNotFoundError:
             return False
         finally:
-            self._fs.invalidate_cache(path)
+            fs.invalidate_cache(path)
         return True
 
 
 def _is_own_temp(name: str) -> bool:
     """Whether ``name`` is an atomic-write temp of a checkpoint archive."""
     return is_temp_name(name) and step_of(name[1:].rsplit(".", 2)[0]) is not None
-
-
-def _utc(stamp: str) -> datetime:
-    created = datetime.fromisoformat(stamp)
-    if created.tzinfo is None:
-        return created.replace(tzinfo=timezone.utc)
-    return created.astimezone(timezone.utc)
 
 
 def _json_copy(metadata: dict[str, Any], url: str) -> dict[str, Any]:

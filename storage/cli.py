@@ -25,10 +25,10 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from . import archive
+from . import _manifest, archive
 from .checkpoints import CheckpointStore, step_of
 from .errors import ArchiveError, CheckpointError, CheckpointNotFoundError
-from .fs import resolve, url_of
+from .fs import Location, resolve
 from .snapshot import load_snapshot, read_snapshot_manifest, snapshot_from_archive
 
 
@@ -95,9 +95,7 @@ def _when(created: datetime | str | None) -> tuple[str, str]:
     """``(UTC time, age)`` for display."""
     if created is None:
         return "-", "-"
-    moment = created if isinstance(created, datetime) else datetime.fromisoformat(created)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+    moment = _manifest.parse_time(created)
     seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
@@ -127,22 +125,21 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=_jsonable) if args.json else text)
 
 
-def _is_file(url: str, storage_options: dict[str, Any]) -> bool:
-    fs, path = resolve(url, storage_options)
-    fs.invalidate_cache(path)
-    return fs.isfile(path)
+def _is_file(location: Location) -> bool:
+    location.fs.invalidate_cache(location.path)
+    return location.fs.isfile(location.path)
 
 
-def _is_snapshot(url: str, storage_options: dict[str, Any]) -> bool:
+def _is_snapshot(location: Location) -> bool:
     try:
-        read_snapshot_manifest(url, storage_options=storage_options)
+        read_snapshot_manifest(location)
     except ArchiveError:
         return False
     return True
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    store = CheckpointStore(args.root, storage_options=args.storage_options)
+    store = CheckpointStore(resolve(args.root, args.storage_options))
     rows, data = [], []
     for step in store.steps():
         try:
@@ -162,17 +159,14 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    so = args.storage_options
-    snapshot = _is_snapshot(args.path, so)
-    manifest = (read_snapshot_manifest if snapshot else archive.read_manifest)(
-        args.path, storage_options=so
-    )
-    fs, path = resolve(args.path, so)
+    location = resolve(args.path, args.storage_options)
+    snapshot = _is_snapshot(location)
+    manifest = (read_snapshot_manifest if snapshot else archive.read_manifest)(location)
     created, age = _when(manifest.get("created"))
     fields = [
-        ("snapshot" if snapshot else "archive", url_of(fs, path)),
+        ("snapshot" if snapshot else "archive", location.url),
         ("format", f"{manifest['format']} v{manifest['format_version']}"),
-        ("size", _size(fs.size(path))),
+        ("size", _size(location.fs.size(location.path))),
         ("created", f"{created} UTC ({age} ago)"),
     ]
     if snapshot and manifest.get("source"):
@@ -191,24 +185,23 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     _emit(args, manifest, "\n".join(lines))
 
 
-def _verify_file(url: str, storage_options: dict[str, Any]) -> list[str]:
-    if _is_snapshot(url, storage_options):
+def _verify_file(location: Location) -> list[str]:
+    if _is_snapshot(location):
         try:
-            load_snapshot(url, storage_options=storage_options)
+            load_snapshot(location)
         except ArchiveError as exc:
             return [str(exc)]
         return []
-    return archive.verify(url, storage_options=storage_options)
+    return archive.verify(location)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    so = args.storage_options
-    if _is_file(args.path, so):
-        fs, path = resolve(args.path, so)
-        reports = [{"step": step_of(path.rpartition("/")[2]), "url": url_of(fs, path),
-                    "problems": _verify_file(args.path, so)}]
+    location = resolve(args.path, args.storage_options)
+    if _is_file(location):
+        reports = [{"step": step_of(location.name), "url": location.url,
+                    "problems": _verify_file(location)}]
     else:
-        store = CheckpointStore(args.path, storage_options=so)
+        store = CheckpointStore(location)
         reports = [asdict(store.verify(step)) for step in store.steps()]
         if not reports:
             raise CheckpointNotFoundError(f"{args.path}: no checkpoints to verify")
@@ -224,8 +217,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    result = archive.audit(args.archive, trusted=args.trust, renames=dict(args.rename) or None,
-                           storage_options=args.storage_options)
+    result = archive.audit(resolve(args.archive, args.storage_options), trusted=args.trust,
+                           renames=dict(args.rename) or None)
     rows = [[name, "UNTRUSTED" if name in result.untrusted else "trusted"]
             for name in result.globals]
     summary = f"{len(result.globals)} globals, {len(result.untrusted)} untrusted"
@@ -238,25 +231,24 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    so = args.storage_options
-    src = args.source
-    if not _is_file(src, so):
-        store = CheckpointStore(src, storage_options=so)
-        step = args.step if args.step is not None else store.latest_step()
-        if step is None:
-            raise CheckpointNotFoundError(f"{src}: no good checkpoint to export")
-        src = store.url_of(step)
-    elif args.step is not None:
-        raise CheckpointError("--step needs a checkpoint folder, not an archive")
-    manifest = snapshot_from_archive(src, args.dest, args.select, storage_options=so)
+    source = resolve(args.source, args.storage_options)
+    dest = resolve(args.dest, args.storage_options)
+    if _is_file(source):
+        if args.step is not None:
+            raise CheckpointError("--step needs a checkpoint folder, not an archive")
+        with archive.open_archive(source) as handle:
+            manifest = snapshot_from_archive(handle, dest, args.select, step=step_of(source.name))
+    else:
+        with CheckpointStore(source).open(args.step) as (step, handle):
+            manifest = snapshot_from_archive(handle, dest, args.select, step=step)
     total = sum(a["nbytes"] for a in manifest["arrays"])
     _emit(args, manifest, f"wrote {args.dest}: {len(manifest['arrays'])} arrays, "
-          f"{_size(total)}, from {src}")
+          f"{_size(total)}, from {manifest['source']['url']}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    store = CheckpointStore(args.root, keep_last=args.keep_last, keep_every=args.keep_every,
-                            storage_options=args.storage_options)
+    store = CheckpointStore(resolve(args.root, args.storage_options), keep_last=args.keep_last,
+                            keep_every=args.keep_every)
     steps = store.steps()
     if not steps:
         raise CheckpointNotFoundError(f"{args.root}: no checkpoints to prune")

@@ -19,6 +19,7 @@ __all__ = [
     "CorruptPickleError",
     "MissingMemberError",
     "NotAnArchiveError",
+    "ObjectExistsError",
     "StepExistsError",
     "StorageError",
     "TruncatedArchiveError",
@@ -89,5 +90,9 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No (good) checkpoint exists where one was asked for."""
 
 
-class StepExistsError(CheckpointError, FileExistsError):
-    """A checkpoint of this step (or an object at this path) already exists."""
+class ObjectExistsError(CheckpointError, FileExistsError):
+    """An exclusive write found an object at its path (or lost the race for it)."""
+
+
+class StepExistsError(ObjectExistsError):
+    """A checkpoint of this step already exists."""

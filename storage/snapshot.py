@@ -9,8 +9,9 @@ completely::
     with np.load("snapshot.zip", allow_pickle=False) as snap:
         weights = snap["model/W"]          # snap.files lists every name
 
-The manifest (JSON) holds ``format`` (``"luigi-checkpoint/snapshot"``),
-``format_version``, ``created`` (ISO-8601 UTC), ``source`` (``{"url", "step"}``
+The manifest (JSON, see :mod:`._manifest`) holds ``format``
+(``"luigi-checkpoint/snapshot"``), ``format_version``, ``created`` (ISO-8601
+UTC), the library, Python and numpy versions, ``source`` (``{"url", "step"}``
 of the checkpoint archive it came from, or null), user ``metadata`` and, per
 array, ``name``, ``member``, ``dtype`` (``dtype.str``), ``shape``, ``nbytes``
 and ``sha256`` (of the array's data: the bytes that follow the NPY header in
@@ -25,21 +26,19 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from . import archive, _npy as npy
-from .archive import Source
-from .checkpoints import step_of
-from .errors import ArchiveError, ChecksumError, MissingMemberError
-from .fs import atomic_write, resolve, url_of
-from ._reading import ArchiveSource, open_source, parse_manifest_json, read_npy
+from . import _manifest
+from . import _npy as npy
+from ._reading import ArchiveSource, Source, open_source, read_npy
 from ._zipwrite import ZipWriter
+from .archive import Archive, open_archive
+from .errors import ArchiveError, ChecksumError, MissingMemberError
+from .fs import Location, atomic_write, resolve
 
 __all__ = [
     "FORMAT",
@@ -52,46 +51,40 @@ __all__ = [
 
 FORMAT = "luigi-checkpoint/snapshot"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = _manifest.MEMBER
 
 
 def save_snapshot(
     arrays: Mapping[str, np.ndarray],
-    dest: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | Location,
     metadata: Mapping[str, Any] | None = None,
     *,
     source: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``arrays`` as a numpy-only snapshot at ``dest`` (path or URL).
+    """Write ``arrays`` as a numpy-only snapshot at ``dest`` (path, URL or location).
 
     ``metadata`` must be JSON-serializable; ``source`` (``{"url", "step"}``)
     records the checkpoint the arrays came from. The snapshot appears whole or
     not at all. Returns the manifest.
     """
-    fs, path = resolve(dest, storage_options)
-    where = url_of(fs, path)
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": archive._library_version(),
-        "numpy_version": np.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "source": dict(source) if source is not None else None,
-        "metadata": dict(metadata or {}),
-        "arrays": [],
-    }
-    try:
-        json.dumps(manifest)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{where}: metadata and source must be JSON-serializable: {exc}") from None
-    with atomic_write(fs, path) as f:
+    target = resolve(dest, storage_options)
+    where = target.url
+    manifest = _manifest.new(
+        "snapshot",
+        FORMAT_VERSION,
+        where,
+        source=dict(source) if source is not None else None,
+        metadata=dict(metadata or {}),
+        arrays=[],
+    )
+    with atomic_write(target) as f:
         writer = ZipWriter(f)
         for name in arrays:  # arrays[name] is dropped once written: lazy mappings stream
             manifest["arrays"].append(
                 _write_member(writer, name, _checked_array(where, name, arrays[name]))
             )
-        text = json.dumps(manifest, indent=1).encode()
+        text = _manifest.to_bytes(manifest)
         writer.add(MANIFEST, [text], size=len(text))
         writer.close()
     return manifest
@@ -100,7 +93,7 @@ def save_snapshot(
 def load_snapshot(
     src: Source, *, storage_options: dict[str, Any] | None = None
 ) -> dict[str, np.ndarray]:
-    """Read every array of a snapshot (path, URL or open binary file),
+    """Read every array of a snapshot (path, URL, location or open binary file),
     checking each against the manifest.
 
     Raises :class:`ChecksumError` naming the snapshot and the array when the
@@ -108,8 +101,8 @@ def load_snapshot(
     :class:`ArchiveError` subclass for any other malformed input. Nothing is
     ever unpickled: object arrays are refused.
     """
-    with open_source(src, storage_options) as snapshot:
-        entries = _manifest(snapshot)["arrays"]
+    with open_source(src, storage_options) as snapshot, snapshot.errors():
+        entries = _checked_manifest(snapshot)["arrays"]
         listed = {entry["member"] for entry in entries}
         extra = sorted(n for n in snapshot.reader.members if n != MANIFEST and n not in listed)
         if extra:
@@ -123,54 +116,60 @@ def read_snapshot_manifest(
     src: Source, *, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a snapshot, reading only the ZIP directory and that member."""
-    with open_source(src, storage_options) as snapshot:
-        return _manifest(snapshot)
+    with open_source(src, storage_options) as snapshot, snapshot.errors():
+        return _checked_manifest(snapshot)
 
 
 def snapshot_from_archive(
-    src: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
+    src: Source | Archive,
+    dest: str | os.PathLike[str] | Location,
     select: str | Iterable[str] | None = None,
     *,
-    storage_options: dict[str, Any] | None = None,
+    step: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a snapshot of a checkpoint archive's arrays, without unpickling.
 
-    Arrays are read by name straight from the archive's NPY members, one at a
-    time as they are written, so an archive whose pickle references untrusted
-    classes exports fine and memory holds one array, not the state. The
-    source step is read from a ``step-<12 digits>.zip`` name (else None).
-    ``select`` holds array names or :mod:`fnmatch` patterns (``"model/*"``);
-    each must match at least one array. The snapshot's metadata is the
-    archive's, updated with ``metadata``. Returns the snapshot's manifest.
+    ``src`` is an archive (path, URL, location, open file) or an open
+    :class:`~luigi_checkpoint.storage.archive.Archive`, which is read through
+    as it is. Arrays are read by name straight from the archive's NPY members,
+    one at a time as they are written, so an archive whose pickle references
+    untrusted classes exports fine and memory holds one array, not the state.
+    ``step`` is recorded as the source's step (None: unknown). ``select``
+    holds array names or :mod:`fnmatch` patterns (``"model/*"``); each must
+    match at least one array. The snapshot's metadata is the archive's,
+    updated with ``metadata``. ``storage_options`` go with the URLs given.
+    Returns the snapshot's manifest.
     """
-    fs, path = resolve(src, storage_options)
-    where = url_of(fs, path)
-    source_manifest = archive.read_manifest(src, storage_options=storage_options)
-    names = _selected(where, [entry["name"] for entry in source_manifest["arrays"]], select)
-    with open_source(src, storage_options) as checkpoint:
-        return save_snapshot(
-            _MemberArrays(checkpoint, names),
-            dest,
-            {**source_manifest.get("metadata", {}), **(metadata or {})},
-            source={"url": where, "step": step_of(path.rpartition("/")[2])},
-            storage_options=storage_options,
-        )
+    if not isinstance(src, Archive):
+        with open_archive(src, storage_options=storage_options) as opened:
+            return snapshot_from_archive(
+                opened, dest, select, step=step, metadata=metadata, storage_options=storage_options
+            )
+    source_manifest = src.manifest()
+    names = _selected(src.source, [entry["name"] for entry in source_manifest["arrays"]], select)
+    return save_snapshot(
+        _MemberArrays(src, names),
+        dest,
+        {**source_manifest.get("metadata", {}), **(metadata or {})},
+        source={"url": src.source, "step": step},
+        storage_options=storage_options,
+    )
 
 
 class _MemberArrays(Mapping[str, np.ndarray]):
     """Arrays of an open archive, each read from its NPY member when asked for,
     so that an export holds one array in memory at a time."""
 
-    def __init__(self, checkpoint: ArchiveSource, names: list[str]) -> None:
+    def __init__(self, checkpoint: Archive, names: list[str]) -> None:
         self._checkpoint = checkpoint
         self._names = names
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._names:
             raise KeyError(name)
-        return read_npy(self._checkpoint, name)
+        return self._checkpoint.read_array(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -236,19 +235,10 @@ def _write_member(writer: ZipWriter, name: str, a: np.ndarray) -> dict[str, Any]
     }
 
 
-def _manifest(snapshot: ArchiveSource) -> dict[str, Any]:
+def _checked_manifest(snapshot: ArchiveSource) -> dict[str, Any]:
     where = snapshot.source
-    if MANIFEST not in snapshot.reader:
-        raise MissingMemberError(f"{where}: no {MANIFEST}, not a snapshot")
-    manifest = parse_manifest_json(snapshot.reader.read(MANIFEST), where)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ArchiveError(f"{where}: not a snapshot (manifest format {found!r})")
-    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > FORMAT_VERSION:
-        raise ArchiveError(
-            f"{where}: snapshot format_version {manifest.get('format_version')!r} is not "
-            f"supported (this library reads up to {FORMAT_VERSION})"
-        )
+    data = snapshot.reader.read(MANIFEST) if MANIFEST in snapshot.reader else None
+    manifest = _manifest.parse(data, where, kind="snapshot", version=FORMAT_VERSION)
     if not isinstance(manifest.get("arrays"), list) or not all(
         _valid_entry(e) for e in manifest["arrays"]
     ):
@@ -284,5 +274,5 @@ def _read_member(snapshot: ArchiveSource, entry: dict[str, Any]) -> np.ndarray:
 
 def _digest(a: np.ndarray) -> str:
     """SHA-256 of the data bytes of ``a`` in the order its NPY header declares."""
-    stored = a.T if npy.writable_layout(a) else a
+    stored = a.T if npy.is_written_fortran(a) else a
     return hashlib.sha256(np.ascontiguousarray(stored).reshape(-1).view(np.uint8)).hexdigest()

@@ -25,10 +25,12 @@ from luigi.configuration import get_config
 from luigi.freezing import recursively_unfreeze
 from luigi.parameter import ParameterVisibility
 
+from luigi_checkpoint.storage.fs import Location, resolve
+
 __all__ = [
     "default_checkpoint_root",
     "default_export_root",
-    "storage_options_of",
+    "location_of",
     "storage_options_parameter",
 ]
 
@@ -57,7 +59,12 @@ def storage_options_parameter() -> luigi.OptionalDictParameter:
     )
 
 
-def storage_options_of(value: Any) -> dict[str, Any]:
+def location_of(url: str, storage_options: Any) -> Location:
+    """``url`` resolved with a task's ``storage_options`` parameter value."""
+    return resolve(url, _storage_options_of(storage_options))
+
+
+def _storage_options_of(value: Any) -> dict[str, Any]:
     """A ``storage_options`` parameter's value as a plain dict (unset: from the config)."""
     if value is not None:
         return recursively_unfreeze(value)

@@ -20,7 +20,7 @@ from luigi_checkpoint.storage.checkpoints import CheckpointStore
 from luigi_checkpoint.storage.errors import CheckpointNotFoundError
 from luigi_checkpoint.storage.snapshot import snapshot_from_archive
 
-from ._settings import default_export_root, storage_options_of, storage_options_parameter
+from ._settings import default_export_root, location_of, storage_options_parameter
 from .targets import SnapshotTarget
 from .training import TrainingTask
 
@@ -33,7 +33,7 @@ _ATTEMPTS = 5
 
 def _reader(run_url: str, storage_options: Any) -> CheckpointStore:
     """A store that only reads: it never prunes the run's checkpoints."""
-    return CheckpointStore(run_url, keep_last=None, storage_options=storage_options_of(storage_options))
+    return CheckpointStore(location_of(run_url, storage_options), keep_last=None)
 
 
 class RunHasCheckpoint(luigi.ExternalTask):
@@ -98,33 +98,27 @@ class ExportSnapshot(luigi.Task):
         # docstring inherited
         root = str(self.export_root or default_export_root()).rstrip("/")
         url = f"{root}/{self.run_name()}/{self.date:%Y-%m-%d}/snapshot.zip"
-        return SnapshotTarget(url, storage_options=self.fs_options())
+        return SnapshotTarget(location_of(url, self.storage_options))
 
     def _label(self) -> str:
         return f"{self.task_family} {self.date:%Y-%m-%d}"
-
-    def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` (default: ``[checkpoint] storage_options``) as a plain dict."""
-        return storage_options_of(self.storage_options)
 
     def run(self) -> None:
         """Write the snapshot of the newest good checkpoint (retrying if pruned away)."""
         store = _reader(self.run_url(), self.storage_options)
         target = self.output()
         for _ in range(_ATTEMPTS):
-            step = store.latest_step()
-            if step is None:
-                raise CheckpointNotFoundError(f"{store.root_url}: no good checkpoint to export")
             try:
-                snapshot_from_archive(
-                    store.url_of(step),
-                    target.path,
-                    select=list(self.select) or None,
-                    storage_options=self.fs_options(),
-                    metadata={"export_date": self.date.isoformat(), "run": store.root_url},
-                )
-            except FileNotFoundError:
-                logger.info("%s: %s was pruned while exporting; retrying", self._label(), store.url_of(step))
+                with store.open() as (step, checkpoint):
+                    snapshot_from_archive(
+                        checkpoint,
+                        target.location,
+                        select=list(self.select) or None,
+                        step=step,
+                        metadata={"export_date": self.date.isoformat(), "run": store.root_url},
+                    )
+            except FileNotFoundError as exc:
+                logger.info("%s: a checkpoint was pruned while exporting (%s); retrying", self._label(), exc)
                 continue
             logger.info("%s: exported step %d of %s to %s", self._label(), step, store.root_url, target.path)
             return

@@ -12,7 +12,7 @@ object written by another process or machine is seen at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -21,7 +21,7 @@ import numpy as np
 from fsspec.spec import AbstractFileSystem
 
 from luigi_checkpoint.storage import archive, snapshot
-from luigi_checkpoint.storage.fs import atomic_write, resolve, url_of
+from luigi_checkpoint.storage.fs import Location, atomic_write, resolve, url_of
 
 __all__ = ["CheckpointTarget", "FsspecFileSystem", "FsspecTarget", "SnapshotTarget"]
 
@@ -111,12 +111,11 @@ class FsspecTarget(luigi.target.FileSystemTarget):
     """
 
     def __init__(
-        self, url: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+        self, url: str | os.PathLike[str] | Location, *, storage_options: Mapping[str, Any] | None = None
     ) -> None:
-        self.storage_options = dict(storage_options or {})
-        fs, self._fs_path = resolve(url, self.storage_options)
-        self._fs = FsspecFileSystem(fs)
-        super().__init__(url_of(fs, self._fs_path))
+        self.location = resolve(url, dict(storage_options or {}))
+        self._fs = FsspecFileSystem(self.location.fs)
+        super().__init__(self.location.url)
 
     @property
     def fs(self) -> FsspecFileSystem:
@@ -130,31 +129,45 @@ class FsspecTarget(luigi.target.FileSystemTarget):
         appears at the path whole, and only when the ``with`` block succeeds.
         """
         if mode.startswith("r"):
-            return self._fs.fsspec.open(self._fs_path, "rb")
+            return self.location.fs.open(self.location.path, "rb")
         if mode.startswith("w"):
             return self._atomic_writer()
         raise ValueError(f"{self.path}: unsupported mode {mode!r} (use 'r' or 'w')")
 
     @contextmanager
     def _atomic_writer(self) -> Iterator[IO[bytes]]:
-        with atomic_write(self._fs.fsspec, self._fs_path) as f:
+        with atomic_write(self.location) as f:
             yield f
 
 
 class CheckpointTarget(FsspecTarget):
     """One checkpoint archive (``luigi_checkpoint.storage.archive`` format)."""
 
-    def load(self, **load_kwargs: Any) -> Any:
-        """Load the archived object; keywords go to :func:`luigi_checkpoint.storage.archive.load`."""
-        return archive.load(self.path, storage_options=self.storage_options, **load_kwargs)
+    def load(
+        self,
+        *,
+        trusted: Iterable[Any] = (),
+        renames: Mapping[str, str] | None = None,
+        mmap: bool = False,
+        unsafe: bool = False,
+    ) -> Any:
+        """Load the archived object safely; the options are those of
+        :func:`luigi_checkpoint.storage.archive.load`."""
+        return archive.load(self.location, trusted=trusted, renames=renames, mmap=mmap, unsafe=unsafe)
 
-    def dump(self, obj: Any, **dump_kwargs: Any) -> dict[str, Any]:
+    def dump(
+        self,
+        obj: Any,
+        *,
+        compression: str = "stored",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Write ``obj`` atomically; returns the archive's manifest."""
-        return archive.dump(obj, self.path, storage_options=self.storage_options, **dump_kwargs)
+        return archive.dump(obj, self.location, compression=compression, metadata=metadata)
 
     def manifest(self) -> dict[str, Any]:
         """The archive's manifest, read cheaply (no arrays, no pickle)."""
-        return archive.read_manifest(self.path, storage_options=self.storage_options)
+        return archive.read_manifest(self.location)
 
 
 class SnapshotTarget(FsspecTarget):
@@ -162,4 +175,4 @@ class SnapshotTarget(FsspecTarget):
 
     def load(self) -> dict[str, np.ndarray]:
         """Every array of the snapshot, checked against the manifest's sha256."""
-        return snapshot.load_snapshot(self.path, storage_options=self.storage_options)
+        return snapshot.load_snapshot(self.location)

@@ -31,9 +31,10 @@ import luigi
 
 from luigi_checkpoint.storage.checkpoints import CheckpointStore
 from luigi_checkpoint.storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
+from luigi_checkpoint.storage.fs import Location
 
 from ._preemption import PreemptionGuard
-from ._settings import default_checkpoint_root, storage_options_of, storage_options_parameter
+from ._settings import default_checkpoint_root, location_of, storage_options_parameter
 from .targets import CheckpointTarget
 
 __all__ = ["TrainingInterrupted", "TrainingTask"]
@@ -97,23 +98,18 @@ class TrainingTask(luigi.Task):
         """``<task family> <run id>``: how log lines name the run."""
         return f"{self.task_family} {self.run_id()}"
 
-    def fs_options(self) -> dict[str, Any]:
-        """``storage_options`` (default: ``[checkpoint] storage_options``) as a plain dict."""
-        return storage_options_of(self.storage_options)
+    def run_location(self) -> Location:
+        """The run's folder, resolved with ``storage_options`` (default:
+        ``[checkpoint] storage_options``)."""
+        return location_of(self.run_url(), self.storage_options)
 
     def checkpoint_store(self) -> CheckpointStore:
         """The :class:`CheckpointStore` of this run."""
-        return CheckpointStore(
-            self.run_url(),
-            keep_last=self.keep_last,
-            keep_every=self.keep_every,
-            storage_options=self.fs_options(),
-        )
+        return CheckpointStore(self.run_location(), keep_last=self.keep_last, keep_every=self.keep_every)
 
     def output(self) -> CheckpointTarget:
         """The archive of the final step."""
-        url = self.checkpoint_store().url_of(self.total_steps)
-        return CheckpointTarget(url, storage_options=self.fs_options())
+        return CheckpointTarget(self.checkpoint_store().location_of(self.total_steps))
 
     def run(self) -> None:
         """Resume or start, train to ``total_steps``, save the final step once."""

@@ -62,7 +62,8 @@ class S3Server:
 
     def reset(self) -> None:
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
-        fs, _ = resolve(f"s3://{BUCKET}", self.storage_options)
+        location = resolve(f"s3://{BUCKET}", self.storage_options)
+        fs, _ = location.fs, location.path
         fs.call_s3("create_bucket", Bucket=BUCKET)
         fs.invalidate_cache()
 
@@ -112,7 +113,7 @@ class Root:
         return "/".join([self.url.rstrip("/"), *parts])
 
     def fs(self) -> fsspec.AbstractFileSystem:
-        return resolve(self.url, self.storage_options)[0]
+        return resolve(self.url, self.storage_options).fs
 
 
 STORAGE_KINDS = ["local", "file", "memory", "s3"]

@@ -22,7 +22,7 @@ import pytest
 from .conftest import BUCKET, make_root
 from .helpers_archive import assert_same
 from luigi_checkpoint.storage.archive import dump, load
-from luigi_checkpoint.storage.fs import fresh_listing, resolve
+from luigi_checkpoint.storage.fs import Location, fresh_listing, resolve
 
 MiB = 1 << 20
 
@@ -61,13 +61,14 @@ def _assert_raised(exc: BaseException, expected: Any) -> None:
 
 
 def _listing(root: Any) -> list[str]:
-    fs, folder = resolve(root.url, root.storage_options)
+    location = resolve(root.url, root.storage_options)
     return sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                  for entry in fresh_listing(fs, folder))
+                  for entry in fresh_listing(location))
 
 
 def _assert_nothing_published(root: Any, dest: str, previous: bytes | None) -> None:
-    fs, path = resolve(dest, root.storage_options)
+    location = resolve(dest, root.storage_options)
+    fs, path = location.fs, location.path
     fs.invalidate_cache()
     if previous is None:
         assert not fs.exists(path)
@@ -84,7 +85,8 @@ def _previous(root: Any, dest: str, with_previous: bool) -> bytes | None:
     if not with_previous:
         return None
     dump({"old": np.arange(5)}, dest, storage_options=root.storage_options)
-    fs, path = resolve(dest, root.storage_options)
+    location = resolve(dest, root.storage_options)
+    fs, path = location.fs, location.path
     return fs.cat_file(path)
 
 

@@ -78,13 +78,15 @@ def _raises(kind: type[BaseException], call: Callable[[], Any], *names: str) -> 
 
 
 def _put(root: Any, url: str, data: bytes) -> None:
-    fs, path = resolve(url, root.storage_options)
+    location = resolve(url, root.storage_options)
+    fs, path = location.fs, location.path
     fs.makedirs(fs._parent(path), exist_ok=True)
     fs.pipe_file(path, data)
 
 
 def _spellings(url: str, storage_options: dict[str, Any] | None = None) -> tuple[str, ...]:
-    fs, path = resolve(url, storage_options)
+    location = resolve(url, storage_options)
+    fs, path = location.fs, location.path
     return (url, url_of(fs, path))
 
 
@@ -391,7 +393,7 @@ def test_crc_mismatch_on_any_storage_names_its_url(root: Any) -> None:
     url = root.join("a.ckpt")
     manifest = dump(_small_state(), url, storage_options=root.storage_options)
     fs = root.fs()
-    raw = bytearray(fs.cat_file(resolve(url, root.storage_options)[1]))
+    raw = bytearray(fs.cat_file(resolve(url, root.storage_options).path))
     raw[manifest["arrays"][1]["offset"]] ^= 0x01
     _put(root, url, bytes(raw))
     names = _spellings(url, root.storage_options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import zipfile
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,8 @@ class Store:
         return run(*args, *self.options, env=env)
 
     def rewrite(self, step: int, change: Any) -> None:
-        fs, path = resolve(self.archive(step), self.root.storage_options)
+        location = resolve(self.archive(step), self.root.storage_options)
+        fs, path = location.fs, location.path
         fs.pipe_file(path, change(fs.cat_file(path)))
         fs.invalidate_cache()
 
@@ -321,3 +323,20 @@ def test_s3_credentials_and_endpoint_from_the_environment(s3: S3Server) -> None:
     result = run("ls", root.url, env=s3.env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[0] == "1"
+
+
+def test_inspect_reads_a_snapshot_whose_time_ends_in_z(tmp_path: Any) -> None:
+    """Snapshots written before 2026-12 end ``created`` in ``Z``, which
+    ``datetime.fromisoformat`` refuses on Python 3.10."""
+    new, old = tmp_path / "new.zip", tmp_path / "old.zip"
+    save_snapshot({"w": np.arange(3)}, str(new))
+    with zipfile.ZipFile(new) as zin, zipfile.ZipFile(old, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "manifest.json":
+                data = json.dumps({**json.loads(data), "created": "2026-11-28T15:53:57Z"}).encode()
+            zout.writestr(info.filename, data)
+    done = run("inspect", str(old))
+    assert done.returncode == 0, done.stderr
+    assert "2026-11-28 15:53:57 UTC" in done.stdout
+    np.testing.assert_array_equal(load_snapshot(str(old))["w"], np.arange(3))

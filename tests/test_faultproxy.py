@@ -53,7 +53,8 @@ def test_a_stalled_request_whose_client_hung_up_still_lands_and_is_listed_late(s
         assert not proxy.wait_idle(0.2)  # still held up
         assert proxy.wait_idle(10)
         assert proxy.late == [f"POST /{BUCKET}/late.bin?uploads HTTP/1.1"]
-    fs, _ = resolve(f"s3://{BUCKET}", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}", s3.storage_options)
+    fs, _ = location.fs, location.path
     uploads = fs.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads", [])
     assert [u["Key"] for u in uploads] == ["late.bin"]
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from luigi_checkpoint.storage.errors import StepExistsError
+from luigi_checkpoint.storage.errors import ObjectExistsError
+from luigi_checkpoint.storage._s3 import abort_upload, incomplete_uploads
 from luigi_checkpoint.storage.fs import (
-    abort_upload,
+    Location,
     atomic_write,
     TEMP_GRACE,
     fresh_listing,
-    incomplete_uploads,
     is_abandoned_temp,
     is_temp_name,
     resolve,
@@ -32,18 +32,19 @@ class Boom(Exception):
 
 
 def names(root: Root, folder: str) -> list[str]:
-    fs, path = resolve(root.join(folder), root.storage_options)
-    return sorted(entry["name"].rsplit("/", 1)[-1] for entry in fresh_listing(fs, path))
+    location = resolve(root.join(folder), root.storage_options)
+    return sorted(entry["name"].rsplit("/", 1)[-1] for entry in fresh_listing(location))
 
 
 def write(root: Root, rel: str, data: bytes, *, exclusive: bool = False) -> None:
-    fs, path = resolve(root.join(rel), root.storage_options)
-    with atomic_write(fs, path, exclusive=exclusive) as f:
+    location = resolve(root.join(rel), root.storage_options)
+    with atomic_write(location, exclusive=exclusive) as f:
         f.write(data)
 
 
 def read(root: Root, rel: str) -> bytes:
-    fs, path = resolve(root.join(rel), root.storage_options)
+    location = resolve(root.join(rel), root.storage_options)
+    fs, path = location.fs, location.path
     return fs.cat_file(path)
 
 
@@ -67,9 +68,9 @@ def test_replacing_write_swaps_content(root: Root) -> None:
 
 def fail_writing(root: Root, rel: str, size: int) -> None:
     """Write ``size`` bytes to ``rel``, flush them, then raise inside the block."""
-    fs, path = resolve(root.join(rel), root.storage_options)
+    location = resolve(root.join(rel), root.storage_options)
     with pytest.raises(Boom):
-        with atomic_write(fs, path) as f:
+        with atomic_write(location) as f:
             f.write(b"x" * size)
             f.flush()
             raise Boom
@@ -78,7 +79,7 @@ def fail_writing(root: Root, rel: str, size: int) -> None:
 @pytest.mark.parametrize("size", [10, BIG])
 def test_exception_inside_write_publishes_nothing(root: Root, size: int) -> None:
     fail_writing(root, "run/a.bin", size)
-    assert not root.fs().exists(resolve(root.join("run/a.bin"), root.storage_options)[1])
+    assert not root.fs().exists(resolve(root.join("run/a.bin"), root.storage_options).path)
     assert names(root, "run") == []
 
 
@@ -92,7 +93,7 @@ def test_exception_inside_write_keeps_previous_object(root: Root, size: int) -> 
 
 def test_exclusive_write_refuses_existing_object(root: Root) -> None:
     write(root, "run/a.bin", b"first")
-    with pytest.raises(StepExistsError) as err:
+    with pytest.raises(ObjectExistsError) as err:
         write(root, "run/a.bin", b"second", exclusive=True)
     assert isinstance(err.value, FileExistsError)
     assert "a.bin" in str(err.value)
@@ -106,8 +107,8 @@ def test_exclusive_write_creates_missing_object(root: Root) -> None:
 
 
 def test_object_appears_only_when_write_completes(root: Root) -> None:
-    fs, path = resolve(root.join("run/a.bin"), root.storage_options)
-    with atomic_write(fs, path) as f:
+    location = resolve(root.join("run/a.bin"), root.storage_options)
+    with atomic_write(location) as f:
         f.write(b"x" * BIG)
         f.flush()
         visible = [n for n in names(root, "run") if not is_temp_name(n)]
@@ -117,20 +118,22 @@ def test_object_appears_only_when_write_completes(root: Root) -> None:
 
 def test_exclusive_race_second_commit_loses_on_s3(s3) -> None:
     """Two uploads of one key opened before either commits: If-None-Match decides."""
-    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
-    with pytest.raises(StepExistsError):
-        with atomic_write(fs, path, exclusive=True) as first:
+    location = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    fs, path = location.fs, location.path
+    with pytest.raises(ObjectExistsError):
+        with atomic_write(location, exclusive=True) as first:
             first.write(b"first" * 100)
-            with atomic_write(fs, path, exclusive=True) as second:
+            with atomic_write(location, exclusive=True) as second:
                 second.write(b"second" * 100)
     assert fs.cat_file(path) == b"second" * 100
     assert not fs.call_s3("list_multipart_uploads", Bucket=BUCKET).get("Uploads")
 
 
 def test_failed_s3_upload_leaves_no_multipart_upload(s3) -> None:
-    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    fs, path = location.fs, location.path
     with pytest.raises(Boom):
-        with atomic_write(fs, path) as f:
+        with atomic_write(location) as f:
             f.write(b"x" * (12 * 2**20))
             f.flush()
             raise Boom
@@ -139,7 +142,8 @@ def test_failed_s3_upload_leaves_no_multipart_upload(s3) -> None:
 
 
 def test_incomplete_uploads_lists_those_under_the_prefix_only(s3) -> None:
-    fs, _ = resolve(f"s3://{BUCKET}/", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}/", s3.storage_options)
+    fs = location.fs
     created = {
         (f"{BUCKET}/run/{i}.bin", fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key=f"run/{i}.bin")["UploadId"])
         for i in range(3)
@@ -149,7 +153,8 @@ def test_incomplete_uploads_lists_those_under_the_prefix_only(s3) -> None:
 
 
 def test_abort_upload_frees_it_and_tolerates_one_already_gone(s3) -> None:
-    fs, path = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}/run/a.bin", s3.storage_options)
+    fs, path = location.fs, location.path
     upload_id = fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key="run/a.bin")["UploadId"]
     abort_upload(fs, path, upload_id)
     assert incomplete_uploads(fs, f"{BUCKET}/run/") == []
@@ -157,7 +162,8 @@ def test_abort_upload_frees_it_and_tolerates_one_already_gone(s3) -> None:
 
 
 def test_stores_without_uploads_list_none(tmp_path) -> None:
-    fs, path = resolve(str(tmp_path))
+    location = resolve(str(tmp_path))
+    fs, path = location.fs, location.path
     assert incomplete_uploads(fs, path) == []
 
 
@@ -172,7 +178,8 @@ def _check_publish(event: str, args: tuple[Any, ...]) -> None:
         return
     temp = os.fsdecode(args[0])
     if os.path.dirname(temp) == _watched[0] and is_temp_name(os.path.basename(temp)):
-        fs, _ = resolve(temp)
+        location = resolve(temp)
+        fs = location.fs
         entry = {**fs.info(temp), "mtime": time.time() - 10 * TEMP_GRACE}  # old enough to be swept
         _publishing.append((event, is_abandoned_temp(fs, entry)))
 
@@ -184,10 +191,10 @@ sys.addaudithook(_check_publish)
 def test_local_temp_file_stays_locked_until_published(tmp_path, exclusive: bool) -> None:
     """A writer slower than the grace period must not lose its temp file to a
     sweep in the instant between finishing the data and publishing the name."""
-    fs, path = resolve(str(tmp_path / "a.bin"))
+    location = resolve(str(tmp_path / "a.bin"))
     _watched[:] = [str(tmp_path)]
     try:
-        with atomic_write(fs, path, exclusive=exclusive) as f:
+        with atomic_write(location, exclusive=exclusive) as f:
             f.write(b"data")
     finally:
         _watched.clear()
@@ -197,8 +204,8 @@ def test_local_temp_file_stays_locked_until_published(tmp_path, exclusive: bool)
 
 
 def test_local_temp_file_is_a_dot_partial_sibling(tmp_path) -> None:
-    fs, path = resolve(str(tmp_path / "a.bin"))
-    with atomic_write(fs, path) as f:
+    location = resolve(str(tmp_path / "a.bin"))
+    with atomic_write(location) as f:
         f.write(b"x")
         (temp,) = os.listdir(tmp_path)
         assert is_temp_name(temp) and temp.startswith(".a.bin.")
@@ -206,24 +213,28 @@ def test_local_temp_file_is_a_dot_partial_sibling(tmp_path) -> None:
 
 
 def test_listing_sees_objects_written_by_another_client(s3) -> None:
-    fs, folder = resolve(f"s3://{BUCKET}/run", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}/run", s3.storage_options)
+    fs, folder = location.fs, location.path
     fs.pipe_file(f"{folder}/one", b"1")
-    assert [e["name"] for e in fresh_listing(fs, folder)] == [f"{folder}/one"]
-    other, _ = resolve(f"s3://{BUCKET}/run", {**s3.storage_options, "skip_instance_cache": True})
+    assert [e["name"] for e in fresh_listing(location)] == [f"{folder}/one"]
+    location = resolve(f"s3://{BUCKET}/run", {**s3.storage_options, "skip_instance_cache": True})
+    other, _ = location.fs, location.path
     other.pipe_file(f"{folder}/two", b"2")
-    assert sorted(e["name"] for e in fresh_listing(fs, folder)) == [
+    assert sorted(e["name"] for e in fresh_listing(location)) == [
         f"{folder}/one",
         f"{folder}/two",
     ]
 
 
 def test_missing_folder_lists_empty(root: Root) -> None:
-    fs, path = resolve(root.join("nothing-here"), root.storage_options)
-    assert fresh_listing(fs, path) == []
+    location = resolve(root.join("nothing-here"), root.storage_options)
+    assert fresh_listing(location) == []
 
 
 def test_url_of_keeps_protocol_for_remote_and_plain_path_for_local(tmp_path, s3) -> None:
-    fs, path = resolve(str(tmp_path / "x"))
+    location = resolve(str(tmp_path / "x"))
+    fs, path = location.fs, location.path
     assert url_of(fs, path) == str(tmp_path / "x")
-    fs, path = resolve(f"s3://{BUCKET}/x", s3.storage_options)
+    location = resolve(f"s3://{BUCKET}/x", s3.storage_options)
+    fs, path = location.fs, location.path
     assert url_of(fs, path) == f"s3://{BUCKET}/x"

@@ -41,7 +41,7 @@ def test_headers_are_64_byte_multiples_and_parse_back(name: str) -> None:
     assert len(header) % 64 == 0 and header.endswith(b"\n")
     parsed = npy.parse_header(header, data_size=array.nbytes, where="x")
     assert (parsed.dtype, parsed.shape, parsed.size) == (array.dtype, array.shape, len(header))
-    assert parsed.fortran_order == npy.writable_layout(array)
+    assert parsed.fortran_order == npy.is_written_fortran(array)
 
 
 def test_fortran_arrays_are_written_in_fortran_order_without_copy() -> None:

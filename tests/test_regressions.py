@@ -127,7 +127,7 @@ def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> N
         store = CheckpointStore(root, storage_options=options)
         with pytest.raises(Exception):  # noqa: B017 - which error is the other finding
             store.save(1, {"w": np.arange(800_000.0)})  # 6.4 MB: a multipart upload of 5 MB parts
-    fs = CheckpointStore(root, storage_options=s3.storage_options)._fs
+    fs = CheckpointStore(root, storage_options=s3.storage_options).root.fs
     uploads = fs.call_s3("list_multipart_uploads", Bucket=BUCKET, Prefix="uploads/").get("Uploads", [])
     assert uploads == []
 
@@ -135,7 +135,7 @@ def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> N
 def test_an_upload_landing_after_a_failed_save_is_aborted_once_that_step_is_saved(s3: S3Server) -> None:
     store = CheckpointStore(f"s3://{BUCKET}/late", keep_last=None, storage_options=s3.storage_options)
     store.save(1, SMALL)
-    fs = store._fs
+    fs = store.root.fs
 
     def land(key: str) -> None:
         """What a create request delayed past its save's failure does when it lands: an upload with a part."""
@@ -161,16 +161,18 @@ def test_an_upload_landing_after_a_failed_save_is_aborted_once_that_step_is_save
 def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_exists(
     s3: S3Server, pruned_since: bool
 ) -> None:
-    from luigi_checkpoint.storage.errors import StepExistsError
-    from luigi_checkpoint.storage.fs import abort_upload, atomic_write, incomplete_uploads, resolve
+    from luigi_checkpoint.storage._s3 import abort_upload, incomplete_uploads
+    from luigi_checkpoint.storage.errors import ObjectExistsError
+    from luigi_checkpoint.storage.fs import Location, atomic_write, resolve
 
     options = {**s3.storage_options, "default_block_size": 5 << 20, "config_kwargs": {"retries": {"max_attempts": 1}}}
-    fs, path = resolve(f"s3://{BUCKET}/behind/step-000000000001.zip", options)
+    location = resolve(f"s3://{BUCKET}/behind/step-000000000001.zip", options)
+    fs, path = location.fs, location.path
     data = np.arange(800_000.0).tobytes()  # 6.4 MB: a multipart upload of 5 MB parts
-    with pytest.raises(StepExistsError, match="another writer saved it while this upload ran"):
-        with atomic_write(fs, path, exclusive=True) as f:
+    with pytest.raises(ObjectExistsError, match="another writer wrote it while this upload ran"):
+        with atomic_write(location, exclusive=True) as f:
             f.write(data)  # the first part is uploaded ...
-            with atomic_write(fs, path, exclusive=True) as other:
+            with atomic_write(location, exclusive=True) as other:
                 other.write(b"another writer's step 1")
             for upload in incomplete_uploads(fs, path):  # ... a prune aborts the rest ...
                 abort_upload(fs, *upload)
@@ -182,14 +184,15 @@ def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_e
 
 
 def test_a_failed_s3_save_does_not_abort_another_writers_upload(s3: S3Server) -> None:
-    from luigi_checkpoint.storage.fs import atomic_write, resolve
+    from luigi_checkpoint.storage.fs import Location, atomic_write, resolve
 
     options = {**s3.storage_options, "default_block_size": 5 << 20}
-    fs, path = resolve(f"s3://{BUCKET}/two-writers/step-000000000001.zip", options)
+    location = resolve(f"s3://{BUCKET}/two-writers/step-000000000001.zip", options)
+    fs, path = location.fs, location.path
     data = np.arange(800_000.0).tobytes()  # 6.4 MB: multipart uploads of 5 MB parts
-    writer_b = atomic_write(fs, path, exclusive=True)
+    writer_b = atomic_write(location, exclusive=True)
     b = writer_b.__enter__()  # B starts first ...
-    writer_a = atomic_write(fs, path, exclusive=True)
+    writer_a = atomic_write(location, exclusive=True)
     a = writer_a.__enter__()  # ... A starts its upload ...
     a.write(data)
     b.write(data)
@@ -268,8 +271,9 @@ def test_next_save_removes_the_temp_file_of_a_killed_writer(tmp_path: Path) -> N
             with open(os.devnull, "wb"):
                 from luigi_checkpoint.storage.fs import atomic_write, resolve
 
-                fs, path = resolve(str(root / "step-000000000002.zip"))
-                with atomic_write(fs, path, exclusive=True) as f:
+                location = resolve(str(root / "step-000000000002.zip"))
+                fs = location.fs
+                with atomic_write(location, exclusive=True) as f:
                     f.write(b"half an archive")
                     f.flush()
                     os.kill(os.getpid(), signal.SIGKILL)

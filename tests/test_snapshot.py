@@ -9,6 +9,7 @@ import json
 import tracemalloc
 import zipfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from luigi_checkpoint.storage.errors import (
     NotAnArchiveError,
     UntrustedTypeError,
 )
-from luigi_checkpoint.storage.fs import fresh_listing, resolve
+from luigi_checkpoint.storage.fs import Location, fresh_listing, resolve
 from luigi_checkpoint.storage.snapshot import (
     FORMAT,
     load_snapshot,
@@ -89,7 +90,8 @@ def test_snapshot_round_trips_every_array_exactly(root: Root) -> None:
 def test_numpy_load_without_pickle_reads_every_array(root: Root) -> None:
     arrays = sample_arrays()
     save_snapshot(arrays, root.join("snap.zip"), storage_options=root.storage_options)
-    fs, path = resolve(root.join("snap.zip"), root.storage_options)
+    location = resolve(root.join("snap.zip"), root.storage_options)
+    fs, path = location.fs, location.path
     with fs.open(path, "rb") as f, np.load(f, allow_pickle=False) as snap:
         assert snap.files == [*arrays, "manifest.json"]
         assert_same({name: snap[name] for name in arrays}, arrays)
@@ -112,7 +114,7 @@ def test_manifest_describes_arrays_source_and_metadata(tmp_path: Any) -> None:
     manifest = read_snapshot_manifest(dest)
     assert manifest == returned
     assert manifest["format"] == FORMAT and manifest["format_version"] == 1
-    assert manifest["created"].endswith("Z")
+    assert manifest["created"].endswith("+00:00")
     assert manifest["source"] == {"url": "s3://b/run/x.zip", "step": 7}
     assert manifest["metadata"] == {"loss": 0.25, "tags": ["a"]}
     entries = {entry["name"]: entry for entry in manifest["arrays"]}
@@ -216,8 +218,8 @@ def test_failed_write_publishes_nothing_and_keeps_the_old_snapshot(root: Root) -
     save_snapshot({"x": np.ones(3)}, dest, storage_options=root.storage_options)
     with pytest.raises(OSError, match="source of c vanished"):
         save_snapshot(FailingSource(["a", "b", "c"]), dest, storage_options=root.storage_options)
-    fs, path = resolve(root.join("run"), root.storage_options)
-    assert [e["name"].rsplit("/", 1)[-1] for e in fresh_listing(fs, path)] == ["snap.zip"]
+    location = resolve(root.join("run"), root.storage_options)
+    assert [e["name"].rsplit("/", 1)[-1] for e in fresh_listing(location)] == ["snap.zip"]
     assert_same(load_snapshot(dest, storage_options=root.storage_options), {"x": np.ones(3)})
 
 
@@ -282,7 +284,7 @@ def test_export_of_untrusted_pickle_reads_arrays_without_unpickling(root: Root) 
     with pytest.raises(UntrustedTypeError, match="helpers_snapshot"):
         archive.load(src, storage_options=root.storage_options)
     dest = root.join("export/snapshot.zip")
-    manifest = snapshot_from_archive(src, dest, storage_options=root.storage_options)
+    manifest = snapshot_from_archive(src, dest, step=7, storage_options=root.storage_options)
     assert helpers_snapshot.UNPICKLED == []
     model = helpers_snapshot.Model(seed=7)
     assert_same(
@@ -351,3 +353,12 @@ def test_export_holds_one_array_in_memory_at_a_time(tmp_path: Any) -> None:
         tracemalloc.stop()
     assert peak < 1.5 * size  # reading the whole state first would take 6 arrays
     assert_same(load_snapshot(str(tmp_path / "snap.zip")), state)
+
+
+def test_export_of_an_open_archive_records_the_step_its_caller_gives(tmp_path: Path) -> None:
+    src = str(tmp_path / "any-name.zip")
+    archive.dump({"w": np.arange(3.0)}, src)
+    with archive.open_archive(src) as checkpoint:
+        manifest = snapshot_from_archive(checkpoint, str(tmp_path / "s.zip"), step=12)
+    assert manifest["source"] == {"url": src, "step": 12}
+    assert snapshot_from_archive(src, str(tmp_path / "t.zip"))["source"]["step"] is None

@@ -119,7 +119,7 @@ class _Run:
 
     def check(self) -> tuple[list[str], bool]:
         from luigi_checkpoint.storage.checkpoints import CheckpointStore, step_of
-        from luigi_checkpoint.storage.fs import fresh_listing, is_temp_name, resolve
+        from luigi_checkpoint.storage.fs import Location, fresh_listing, is_temp_name, resolve
 
         store = CheckpointStore(self.root, keep_last=KEEP_LAST, storage_options=self.options)
         problems: list[str] = []
@@ -140,8 +140,9 @@ class _Run:
         if wrong:
             problems.append(f"partial or wrong restore: step {step}: {wrong}")
             lost = True
-        fs, path = resolve(self.root, self.options)
-        for entry in fresh_listing(fs, path):
+        location = resolve(self.root, self.options)
+        fs = location.fs
+        for entry in fresh_listing(location):
             name = entry["name"].rstrip("/").rpartition("/")[2]
             if step_of(name) is None and not (self.kind == "local" and is_temp_name(name)):
                 problems.append(f"foreign object in the run folder: {name}")

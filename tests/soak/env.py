@@ -55,7 +55,9 @@ class SoakEnv:
     def s3_client(self) -> Any:
         from luigi_checkpoint.storage.fs import resolve
 
-        fs, _ = resolve(f"s3://{BUCKET}", self.s3_options())
+        location = resolve(f"s3://{BUCKET}", self.s3_options())
+
+        fs, _ = location.fs, location.path
         return fs
 
     def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:

@@ -1,0 +1,101 @@
+"""``manifest.json``, the last member of archives and snapshots: written, parsed
+and checked in one place for both formats.
+
+Every manifest starts with ``format`` (``"luigi-checkpoint/archive"`` or
+``"luigi-checkpoint/snapshot"``), ``format_version``, the versions that wrote
+it and ``created``: ISO-8601 UTC with an explicit offset
+(``2026-12-04T14:30:16.123456+00:00``). Snapshots written before 2026-12 end
+their time in ``Z``; :func:`parse_time` reads both, on every Python version.
+
+A format's version is bumped only when a reader of the previous version would
+misread a new file; readers accept every version up to their own.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import numpy as np
+
+from .errors import ArchiveError, MissingMemberError
+
+__all__ = ["MEMBER", "new", "parse", "parse_time", "to_bytes"]
+
+MEMBER = "manifest.json"
+
+
+def _library_version() -> str:
+    try:
+        return importlib_metadata.version("luigi-checkpoint")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def new(kind: str, version: int, where: str, **fields: Any) -> dict[str, Any]:
+    """A manifest of format ``kind`` (``archive`` or ``snapshot``) created now,
+    holding ``fields`` after the common ones.
+
+    Raises TypeError naming ``where`` if ``fields`` are not JSON-serializable
+    (checked before anything is written).
+    """
+    manifest = {
+        "format": f"luigi-checkpoint/{kind}",
+        "format_version": version,
+        "library_version": _library_version(),
+        "python_version": platform.python_version(),
+        "numpy_version": np.__version__,
+        "created": datetime.now(timezone.utc).isoformat(),
+        **fields,
+    }
+    try:
+        json.dumps(manifest)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where}: manifest metadata must be JSON-serializable: {exc}") from None
+    return manifest
+
+
+def to_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The member's bytes."""
+    return json.dumps(manifest, indent=1).encode("utf8")
+
+
+def parse(data: bytes | None, where: str, *, kind: str, version: int) -> dict[str, Any]:
+    """The manifest in ``data`` (None: the archive has no such member), checked
+    to be of format ``kind`` at a version up to ``version``.
+
+    Raises :class:`ArchiveError` naming ``where``: not JSON (nesting too deep
+    for the parser included), another format, a newer version.
+    """
+    if data is None:
+        raise MissingMemberError(f"{where}: no {MEMBER}, not a luigi-checkpoint {kind}")
+    try:
+        manifest = json.loads(data.decode("utf8"))
+    except (ValueError, RecursionError) as exc:
+        raise ArchiveError(f"{where}: {MEMBER} is not JSON: {exc}") from None
+    expected = f"luigi-checkpoint/{kind}"
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != expected:
+        raise ArchiveError(f"{where}: not a luigi-checkpoint {kind} ({MEMBER} format {found!r})")
+    found_version = manifest.get("format_version")
+    if not isinstance(found_version, int) or found_version > version:
+        raise ArchiveError(
+            f"{where}: {kind} format version {found_version!r} is newer than this reader "
+            f"({version}); upgrade luigi-checkpoint"
+        )
+    return manifest
+
+
+def parse_time(stamp: str | datetime) -> datetime:
+    """A manifest's ``created`` as an aware UTC datetime (``Z`` accepted; a time
+    without an offset is taken as UTC)."""
+    moment = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(
+        stamp[:-1] + "+00:00" if stamp.endswith("Z") else stamp
+    )
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
