@@ -26,6 +26,7 @@ from .errors import (
     StepExistsError,
     StorageError,
     TruncatedArchiveError,
+    UnloadableArchiveError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
@@ -51,6 +52,7 @@ __all__ = [
     "StepExistsError",
     "StorageError",
     "TruncatedArchiveError",
+    "UnloadableArchiveError",
     "UntrustedTypeError",
     "VerifyReport",
     "audit",

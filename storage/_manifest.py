@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArchiveError, MissingMemberError
+from .errors import ArchiveError, MissingMemberError, UnloadableArchiveError
 
 __all__ = ["MEMBER", "new", "parse", "parse_time", "to_bytes"]
 
@@ -68,8 +68,9 @@ def parse(data: bytes | None, where: str, *, kind: str, version: int) -> dict[st
     """The manifest in ``data`` (None: the archive has no such member), checked
     to be of format ``kind`` at a version up to ``version``.
 
-    Raises :class:`ArchiveError` naming ``where``: not JSON (nesting too deep
-    for the parser included), another format, a newer version.
+    Raises :class:`ArchiveError` naming ``where`` when it is not JSON (nesting
+    too deep for the parser included) or of another format, and
+    :class:`UnloadableArchiveError` for a newer version (its bytes may be fine).
     """
     if data is None:
         raise MissingMemberError(f"{where}: no {MEMBER}, not a luigi-checkpoint {kind}")
@@ -82,8 +83,10 @@ def parse(data: bytes | None, where: str, *, kind: str, version: int) -> dict[st
     if found != expected:
         raise ArchiveError(f"{where}: not a luigi-checkpoint {kind} ({MEMBER} format {found!r})")
     found_version = manifest.get("format_version")
-    if not isinstance(found_version, int) or found_version > version:
-        raise ArchiveError(
+    if not isinstance(found_version, int):
+        raise ArchiveError(f"{where}: {MEMBER} has no format_version")
+    if found_version > version:
+        raise UnloadableArchiveError(
             f"{where}: {kind} format version {found_version!r} is newer than this reader "
             f"({version}); upgrade luigi-checkpoint"
         )

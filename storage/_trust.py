@@ -41,7 +41,7 @@ import numpy as np
 
 from . import _pickle_calls as calls
 from ._dtypes import layout_problem
-from .errors import CheckpointError, CorruptPickleError, UntrustedTypeError
+from .errors import CheckpointError, CorruptPickleError, UnloadableArchiveError, UntrustedTypeError
 from ._pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
 
 __all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restricted_unpickler"]
@@ -317,16 +317,51 @@ class _RestrictedUnpickler(pickle._Unpickler):
                  renames: Mapping[str, str] | None) -> None:
         super().__init__(file, encoding="latin1")
         self._source, self._allowed, self._renames = source, allowed, renames
+        self._names: dict[int, str] = {}  # id of each imported global -> its dotted name
+
+    def _building(self, what: object, build: Callable[[], None]) -> None:
+        """Run the opcode ``build``, which calls ``what`` (a global of the stream
+        or the class of the object it builds on).
+
+        A caller-trusted class that raises makes the archive unloadable, not
+        damaged: its bytes are good, the class's code changed. Failures of the
+        default constructors are left to :func:`load_pickle` (a malformed stream).
+        """
+        try:
+            build()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            name = self._names.get(id(what))
+            if name is None or name in DEFAULT_TRUSTED:
+                raise
+            raise UnloadableArchiveError(
+                f"{self._source}: cannot build {name}: {type(exc).__name__}: {exc} (the archive "
+                "is intact; the class no longer accepts the state it saved: make it accept the "
+                "old state, for example a default in __setstate__, or run the code that wrote it)"
+            ) from exc
 
     def load_build(self) -> None:
         target = self.stack[-2]
-        super().load_build()  # type: ignore[misc]
+        self._building(type(target), super().load_build)  # type: ignore[misc]
         if isinstance(target, np.dtype):
             problem = layout_problem(target)
             if problem:
                 raise CorruptPickleError(f"{self._source}: malformed pickle: {problem}")
 
+    def load_reduce(self) -> None:
+        self._building(self.stack[-2], super().load_reduce)  # type: ignore[misc]
+
+    def load_newobj(self) -> None:
+        self._building(self.stack[-2], super().load_newobj)  # type: ignore[misc]
+
+    def load_newobj_ex(self) -> None:
+        self._building(self.stack[-3], super().load_newobj_ex)  # type: ignore[misc]
+
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
     def find_class(self, module: str, name: str) -> Any:
         # docstring inherited
@@ -339,9 +374,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
             for part in name.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as exc:
-            raise CorruptPickleError(
-                f"{self._source}: cannot import {dotted} (moved? pass renames=...): {exc}"
+            raise UnloadableArchiveError(
+                f"{self._source}: cannot import {dotted}: {exc} (the archive is intact; if the "
+                f"class moved or was renamed, pass renames={{{dotted!r}: 'new.module.Name'}})"
             ) from exc
+        self._names.setdefault(id(obj), dotted)
         return obj
 
 

@@ -35,7 +35,14 @@ from . import _trust as trust
 from ._externalize import Frozen, freeze
 from ._reading import ArchiveSource, NpyStream, Source, check_member, open_source, read_npy
 from ._zipwrite import ZipWriter
-from .errors import ArchiveError, BadPersistentIdError, CorruptPickleError, MissingMemberError
+from .errors import (
+    ArchiveError,
+    BadPersistentIdError,
+    CorruptPickleError,
+    MissingMemberError,
+    UnloadableArchiveError,
+    UntrustedTypeError,
+)
 from .fs import Location, atomic_write, resolve
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "Archive",
     "Frozen",
     "audit",
+    "check_trusted",
     "dump",
     "freeze",
     "load",
@@ -107,6 +115,14 @@ def write_frozen(
     writer.add(MANIFEST, [text], size=len(text))
     writer.close()
     return manifest
+
+
+def check_trusted(frozen: Frozen, trusted: Iterable[Any], where: str) -> None:
+    """Raise :class:`UntrustedTypeError` if loading ``frozen`` with ``trusted``
+    would refuse it (checked before writing, so no archive holds such a state)."""
+    found = trust.audit_pickle(frozen.pickle, trusted=trusted, source=where)
+    if found.untrusted:
+        raise UntrustedTypeError(where, found.untrusted, "pass them in trusted=[...] when saving and loading")
 
 
 def dump(
@@ -396,7 +412,7 @@ def _check_entry(archive: ArchiveSource, entry: Any) -> None:
 def _problem(check: Any) -> str | None:
     try:
         check()
-    except ArchiveError as exc:
+    except (ArchiveError, UnloadableArchiveError) as exc:
         return str(exc)
     return None
 

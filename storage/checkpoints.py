@@ -227,6 +227,7 @@ class CheckpointStore:
         metadata: Mapping[str, Any] | None = None,
         *,
         block: bool = True,
+        trusted: Iterable[Any] | None = None,
     ) -> CheckpointInfo | None:
         """Write the checkpoint of ``step``, then prune.
 
@@ -235,13 +236,17 @@ class CheckpointStore:
         :class:`StepExistsError` if the step exists (the archive stays as it
         was). With ``block=False`` the arrays are copied now, the archive is
         written in a background thread and None is returned; :meth:`wait`
-        gives the result.
+        gives the result. With ``trusted`` (what :meth:`restore` will be given)
+        a state that restore would refuse raises :class:`UntrustedTypeError`
+        now, and nothing is written.
         """
         self._settle()
         step = operator.index(step)
         meta = _json_copy({**(metadata or {}), "step": step}, self.url_of(step))
         frozen = archive.freeze(state, copy=not block, reuse=self._spare)
         self._spare = None
+        if trusted is not None:
+            archive.check_trusted(frozen, trusted, self.url_of(step))
         if block:
             return self._write(step, frozen, meta)
         self._pending = threading.Thread(

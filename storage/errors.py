@@ -2,6 +2,12 @@
 
 Errors also subclass the builtin that fits, so callers may catch either
 ``CheckpointNotFoundError`` or ``FileNotFoundError``.
+
+An :class:`ArchiveError` means *damaged*: the bytes are wrong (CRC, structure,
+truncation), and a store may skip such an archive for an older one. An
+:class:`UnloadableArchiveError` means the bytes are good but this code cannot
+build the state they hold (a class that moved, raises or is not trusted, a
+newer format): nothing may fall back past, prune or restart over it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ __all__ = [
     "StepExistsError",
     "StorageError",
     "TruncatedArchiveError",
+    "UnloadableArchiveError",
     "UntrustedTypeError",
 ]
 
@@ -67,19 +74,27 @@ class CorruptPickleError(ArchiveError):
     """The pickle stream inside the archive is malformed."""
 
 
-class UntrustedTypeError(CheckpointError, TypeError):
+class UnloadableArchiveError(CheckpointError):
+    """The archive's bytes are good, but this code cannot build its state; the
+    message names the archive, the class, the original exception and the way out
+    (``renames=``, ``trusted=``, a fix to the class, ``unsafe=True``)."""
+
+
+class UntrustedTypeError(UnloadableArchiveError, TypeError):
     """The pickle would import globals that are not trusted.
 
     ``names`` lists every untrusted dotted name, sorted.
     """
 
-    def __init__(self, source: str, names: Iterable[str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        names: Iterable[str],
+        way_out: str = "pass trusted=[...] or register_trusted(...) to allow them",
+    ) -> None:
         self.source = source
         self.names = sorted(set(names))
-        super().__init__(
-            f"{source}: refusing to load untrusted types: {', '.join(self.names)} "
-            "(pass trusted=[...] or register_trusted(...) to allow them)"
-        )
+        super().__init__(f"{source}: refusing to load untrusted types: {', '.join(self.names)} ({way_out})")
 
 
 class StorageError(CheckpointError, OSError):

@@ -30,7 +30,13 @@ from typing import Any, ClassVar
 import luigi
 
 from luigi_checkpoint.storage.checkpoints import CheckpointStore
-from luigi_checkpoint.storage.errors import CheckpointError, CheckpointNotFoundError, StepExistsError
+from luigi_checkpoint.storage.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    StepExistsError,
+    UnloadableArchiveError,
+    UntrustedTypeError,
+)
 from luigi_checkpoint.storage.fs import Location
 
 from ._preemption import PreemptionGuard
@@ -69,7 +75,9 @@ class TrainingTask(luigi.Task):
     storage_options = storage_options_parameter()
 
     trusted_types: ClassVar[tuple[type | str, ...]] = ()
-    """Classes (or dotted names) the state may contain beyond the safe defaults."""
+    """Classes (or dotted-name strings, ``"mypkg.models.Model"``) the state may
+    contain beyond the safe defaults; checked at every save, so a state the
+    resume would refuse fails at its first checkpoint."""
 
     def init_state(self) -> Any:
         """The state at step 0 (model, optimizer, ``numpy.random.Generator``...)."""
@@ -125,9 +133,21 @@ class TrainingTask(luigi.Task):
                 _settle(store)
                 raise
 
+    def _trust_hint(self) -> str:
+        return (
+            f"add them to {type(self).__name__}.trusted_types, as classes or dotted-name strings"
+        )
+
     def _resume(self, store: CheckpointStore) -> tuple[int, Any]:
         try:
             step, state = store.restore(trusted=self.trusted_types)
+        except UntrustedTypeError as exc:
+            raise UntrustedTypeError(exc.source, exc.names, self._trust_hint()) from exc
+        except UnloadableArchiveError as exc:
+            raise UnloadableArchiveError(
+                f"{self.run_label()}: cannot resume: {exc}. Every checkpoint of "
+                f"{store.root_url} is kept; no attempt starts over while it cannot be loaded"
+            ) from exc
         except CheckpointNotFoundError:
             logger.info("%s: starting at step 0 of %d, %s", self.run_label(), self.total_steps, store.root_url)
             return 0, self.init_state()
@@ -174,7 +194,11 @@ class TrainingTask(luigi.Task):
             "host": socket.gethostname(),
         }
         try:
-            store.save(step, state, metadata, block=block)
+            store.save(step, state, metadata, block=block, trusted=self.trusted_types)
+        except UntrustedTypeError as exc:
+            raise UntrustedTypeError(
+                exc.source, exc.names, f"a resume would refuse this state; {self._trust_hint()}"
+            ) from exc
         except StepExistsError as exc:
             # Another worker runs this very run (same parameters, so the same
             # arrays), or a damaged leftover holds the name. The final step

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from luigi_checkpoint.storage import archive
-from luigi_checkpoint.storage.errors import ArchiveError, ChecksumError, MissingMemberError
+from luigi_checkpoint.storage.errors import (
+    ArchiveError,
+    ChecksumError,
+    MissingMemberError,
+    UnloadableArchiveError,
+)
 from luigi_checkpoint.storage._zipread import ZipReader
 from luigi_checkpoint.storage._zipwrite import ZipWriter
 
@@ -87,7 +92,7 @@ def test_read_manifest_refuses_a_newer_format_version(path: str, tmp_path: Any) 
     manifest = archive.read_manifest(path) | {"format_version": archive.FORMAT_VERSION + 1}
     newer = str(tmp_path / "newer.ckpt")
     _rewrite(path, newer, {"manifest.json": json.dumps(manifest).encode()})
-    with pytest.raises(ArchiveError, match="newer than this reader"):
+    with pytest.raises(UnloadableArchiveError, match="newer than this reader"):
         archive.read_manifest(newer)
 
 

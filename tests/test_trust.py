@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from luigi_checkpoint.storage.errors import CorruptPickleError, MissingMemberError, UntrustedTypeError
+from luigi_checkpoint.storage.errors import (
+    CorruptPickleError,
+    MissingMemberError,
+    UnloadableArchiveError,
+    UntrustedTypeError,
+)
 from luigi_checkpoint.storage._trust import (
     MAX_DEPTH,
     Audit,
@@ -242,7 +247,7 @@ def test_renames_prefer_exact_name_then_longest_module_prefix() -> None:
 
 def test_trusted_name_that_no_longer_imports_is_a_clear_error() -> None:
     data = _p0_call("old_project.models", "Model", "x")
-    with pytest.raises(CorruptPickleError, match="old.pkl.*old_project.models.Model.*renames"):
+    with pytest.raises(UnloadableArchiveError, match="old.pkl.*old_project.models.Model.*renames"):
         load_pickle(data, source="old.pkl", trusted=["old_project.models.Model"])
 
 
