@@ -8,6 +8,23 @@ must fit the directory, a stored member's sizes must agree and a DEFLATE
 member cannot claim more than the format can expand (zip bombs). Member data
 is read with a bounded decompressor and its CRC-32 checked. Every problem is
 an :class:`ArchiveError` subclass naming the archive.
+
+What is read, as zipfile and Info-ZIP's unzip read it:
+
+- Bytes after the end of central directory record (bsdtar writing to a pipe
+  pads the archive with zeros to its block size; some tools append junk), as
+  long as the comment and those bytes fit the last 64 KiB that zipfile
+  searches too. The end record is taken only where the central directory it
+  points at ends exactly at it (or at the ZIP64 end record), so a signature
+  in a comment or in the trailing bytes is not mistaken for it.
+- A ZIP64 end record wherever a ZIP64 locator precedes the end record (as
+  zipfile does), needed or not.
+- Files whose ``read``/``readinto`` return fewer bytes than asked (raw files,
+  pipes, sockets): only an empty read is the end of the file.
+
+Data before the archive (self-extracting archives, a ZIP appended to another
+file) is refused: every offset in the directory would have to be shifted by a
+guess, and a checkpoint never starts that way.
 """
 
 from __future__ import annotations
@@ -100,25 +117,19 @@ class ZipReader:
 
     def read_at(self, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``offset`` or :class:`TruncatedArchiveError`."""
+        data = bytearray(size)
         self.file.seek(offset)
-        data = self.file.read(size)
-        if len(data) != size:
-            raise self._fail(TruncatedArchiveError, f"ends at {offset + len(data)}, "
+        got = _fill(self.file, memoryview(data))
+        if got != size:
+            raise self._fail(TruncatedArchiveError, f"ends at {offset + got}, "
                              f"{size} bytes were expected at offset {offset}")
-        return data
+        return bytes(data)
 
     def _read_directory(self) -> dict[str, Member]:
         file_size = self.file.seek(0, 2)
         tail_start = max(0, file_size - TAIL_SIZE)
         tail = self.read_at(tail_start, file_size - tail_start)
-        end_offset, end = self._find_end_record(tail, tail_start)
-        count, directory_size, directory_offset = (
-            end.entries, end.directory_size, end.directory_offset
-        )
-        if count == COUNT_LIMIT or directory_size == ZIP64_LIMIT or directory_offset == ZIP64_LIMIT:
-            end_offset, count, directory_size, directory_offset = self._zip64_end(end_offset)
-        if directory_offset + directory_size > end_offset:
-            raise self._fail(TruncatedArchiveError, "central directory lies beyond the end records")
+        directory_offset, directory_size, count = self._find_directory(tail, tail_start)
         if count * CENTRAL_ENTRY.size > directory_size:
             raise self._fail(NotAnArchiveError, f"{count} members cannot fit a central "
                              f"directory of {directory_size} bytes")
@@ -130,38 +141,60 @@ class ZipReader:
         members, minimum_sizes = self._parse_directory(directory, count, directory_offset)
         return self._check_layout(members, minimum_sizes, directory_offset)
 
-    def _find_end_record(self, tail: bytes, tail_start: int) -> tuple[int, EndRecord]:
-        position = len(tail) - END.size
-        while position >= 0:
-            position = tail.rfind(END.signature, 0, position + 4)
-            if position < 0:
-                break
-            end = END.unpack_from(tail, position)
-            if end is not None and position + END.size + end.comment_length == len(tail):
-                if end.disk or end.directory_disk or end.disk_entries != end.entries:
-                    raise self._fail(ArchiveError, "multi-disk ZIP archives are not supported")
-                return tail_start + position, end
-            position -= 1
+    def _find_directory(self, tail: bytes, tail_start: int) -> tuple[int, int, int]:
+        """Offset, size and member count of the central directory, from the
+        first end record in ``tail`` that is consistent with it; if none is,
+        the problem of the most likely one (the first tried)."""
+        problems: list[ArchiveError] = []
+        for position, end in _end_records(tail):
+            try:
+                return self._directory_of(end, tail_start + position)
+            except ArchiveError as exc:
+                problems.append(exc)
+        if problems:
+            raise problems[0]
         head = self.read_at(0, min(4, tail_start + len(tail)))
         if head and LOCAL_HEADER.signature.startswith(head):
             raise self._fail(TruncatedArchiveError, "truncated: no end of central directory "
                              "record (the file ends early)")
         raise self._fail(NotAnArchiveError, "not a ZIP archive (no end of central directory)")
 
-    def _zip64_end(self, end_offset: int) -> tuple[int, int, int, int]:
+    def _directory_of(self, end: EndRecord, end_offset: int) -> tuple[int, int, int]:
+        """The directory the end record at ``end_offset`` declares, checked to
+        end exactly where the end records start."""
+        if end.disk or end.directory_disk or end.disk_entries != end.entries:
+            raise self._fail(ArchiveError, "multi-disk ZIP archives are not supported")
+        records_start, directory = end_offset, (end.directory_offset, end.directory_size, end.entries)
+        zip64 = self._zip64_end(end_offset)
+        if zip64 is not None:
+            records_start, directory = zip64
+        elif COUNT_LIMIT == end.entries or ZIP64_LIMIT in (end.directory_size, end.directory_offset):
+            raise self._fail(TruncatedArchiveError, "ZIP64 end of central directory locator missing")
+        directory_end = directory[0] + directory[1]
+        if directory_end > records_start:
+            raise self._fail(TruncatedArchiveError, "central directory lies beyond the end records")
+        if directory_end < records_start:
+            raise self._fail(NotAnArchiveError, f"{records_start - directory_end} bytes between "
+                             "the central directory and its end record (data before the archive, "
+                             "as in self-extracting archives, is not supported)")
+        return directory
+
+    def _zip64_end(self, end_offset: int) -> tuple[int, tuple[int, int, int]] | None:
+        """Where the ZIP64 end record starts and the directory it declares, if a
+        ZIP64 locator precedes the end record at ``end_offset``."""
         locator_offset = end_offset - ZIP64_LOCATOR.size
         if locator_offset < 0:
-            raise self._fail(TruncatedArchiveError, "ZIP64 end of directory locator missing")
+            return None
         locator = ZIP64_LOCATOR.unpack_from(self.read_at(locator_offset, ZIP64_LOCATOR.size))
         if locator is None:
-            raise self._fail(NotAnArchiveError, "ZIP64 end of central directory locator missing")
+            return None
         record_offset = locator.end_offset
         if record_offset + ZIP64_END.size > locator_offset:
             raise self._fail(TruncatedArchiveError, "ZIP64 end record lies beyond the file")
         record = ZIP64_END.unpack_from(self.read_at(record_offset, ZIP64_END.size))
         if record is None:
             raise self._fail(NotAnArchiveError, "bad ZIP64 end of central directory record")
-        return record_offset, record.entries, record.directory_size, record.directory_offset
+        return record_offset, (record.directory_offset, record.directory_size, record.entries)
 
     def _parse_directory(
         self, directory: bytes, count: int, directory_offset: int
@@ -253,6 +286,41 @@ class ZipReader:
         return data
 
 
+def _end_records(tail: bytes) -> list[tuple[int, EndRecord]]:
+    """Every end record in ``tail`` whose comment fits in it, with its position:
+    first those whose comment ends the file (the usual case), then those
+    followed by other bytes; the last in the file first within each."""
+    exact, followed = [], []
+    position = tail.rfind(END.signature, 0, max(0, len(tail) - END.size + 4))
+    while position >= 0:
+        end = END.unpack_from(tail, position)
+        assert end is not None  # the signature was found there
+        stop = position + END.size + end.comment_length
+        if stop <= len(tail):
+            (exact if stop == len(tail) else followed).append((position, end))
+        position = tail.rfind(END.signature, 0, position + 3)
+    return exact + followed
+
+
+def _fill(file: IO[bytes], view: memoryview) -> int:
+    """Read from ``file`` into ``view`` until it is full or the file ends;
+    return the bytes read. Raw files and pipes may return fewer bytes than
+    asked at any time: only an empty read is the end."""
+    readinto = getattr(file, "readinto", None)
+    filled = 0
+    while filled < len(view):
+        if readinto is not None:
+            got = readinto(view[filled:])
+        else:
+            data = file.read(len(view) - filled)
+            got = len(data)
+            view[filled : filled + got] = data
+        if not got:
+            break
+        filled += got
+    return filled
+
+
 def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, int, int]:
     values = [size, compressed, offset]
     position = 0
@@ -328,14 +396,10 @@ class MemberStream:
     def _read_raw_into(self, view: memoryview) -> None:
         file = self._reader.file
         file.seek(self._position)
-        filled = 0
-        while filled < len(view):
-            got = file.readinto(view[filled:])
-            if not got:
-                raise self._fail(TruncatedArchiveError, "data ends early (truncated file)")
-            filled += got
-        self._position += filled
-        self._left_compressed -= filled
+        if _fill(file, view) != len(view):
+            raise self._fail(TruncatedArchiveError, "data ends early (truncated file)")
+        self._position += len(view)
+        self._left_compressed -= len(view)
 
     def _next_compressed(self) -> bytes:
         size = min(READ_BLOCK, self._left_compressed)
@@ -345,48 +409,51 @@ class MemberStream:
         return data
 
     def _inflate_into(self, view: memoryview) -> None:
-        assert self._inflater is not None
         filled = 0
-        try:
-            while filled < len(view):
-                if self._inflater.eof or not (self._pending or self._left_compressed):
-                    raise self._fail(TruncatedArchiveError,
-                                     "compressed data ends before the declared size")
-                if not self._pending:
-                    self._pending = self._next_compressed()
-                out = self._inflate(len(view) - filled)
-                view[filled : filled + len(out)] = out
-                filled += len(out)
-        except zlib.error as exc:
-            raise self._fail(ChecksumError, f"corrupt DEFLATE data: {exc}") from None
+        while filled < len(view):
+            out = self._inflate(len(view) - filled)
+            if not out:
+                raise self._fail(TruncatedArchiveError,
+                                 "compressed data ends before the declared size")
+            view[filled : filled + len(out)] = out
+            filled += len(out)
 
     def _inflate(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes from the pending input; a corrupt stream on
-        which zlib makes no progress (it then reports no error) is refused."""
-        assert self._inflater is not None
-        before = len(self._pending)
-        out = self._inflater.decompress(self._pending, limit)
-        self._pending = self._inflater.unconsumed_tail
-        if not out and len(self._pending) == before and not self._inflater.eof:
-            raise self._fail(ChecksumError, "corrupt DEFLATE data (inflate makes no progress)")
-        return out
+        """The next 1 to ``limit`` inflated bytes; empty only at the end of the
+        DEFLATE stream.
+
+        Having passed zlib every compressed byte is not the end: when the
+        output limit cuts it short, zlib keeps input it has consumed but not
+        yet expanded (a long match, the end-of-stream code), so only a call
+        that makes no progress at all is. Without input left that is a
+        truncated stream; with input, a corrupt one (zlib reports no error).
+        """
+        inflater = self._inflater
+        assert inflater is not None
+        try:
+            while not inflater.eof:
+                if not self._pending and self._left_compressed:
+                    self._pending = self._next_compressed()
+                before = len(self._pending)
+                out = inflater.decompress(self._pending, limit)
+                self._pending = inflater.unconsumed_tail
+                if out:
+                    return out
+                if len(self._pending) == before and not inflater.eof:
+                    if before:
+                        raise self._fail(ChecksumError,
+                                         "corrupt DEFLATE data (inflate makes no progress)")
+                    raise self._fail(TruncatedArchiveError, "compressed data is cut short")
+        except zlib.error as exc:
+            raise self._fail(ChecksumError, f"corrupt DEFLATE data: {exc}") from None
+        return b""
 
     def finish(self) -> None:
         """Check that all data was read, nothing more is there and the CRC matches."""
         if self._left:
             raise self._fail(TruncatedArchiveError, f"{self._left} bytes left unread")
-        if self._inflater is not None:
-            try:
-                while not self._inflater.eof and (self._pending or self._left_compressed):
-                    if not self._pending:
-                        self._pending = self._next_compressed()
-                    if self._inflate(1):
-                        raise self._fail(ArchiveTooLargeError,
-                                         "inflates beyond its declared size")
-            except zlib.error as exc:
-                raise self._fail(ChecksumError, f"corrupt DEFLATE data: {exc}") from None
-            if not self._inflater.eof:
-                raise self._fail(TruncatedArchiveError, "compressed data is cut short")
+        if self._inflater is not None and self._inflate(1):
+            raise self._fail(ArchiveTooLargeError, "inflates beyond its declared size")
         if self._crc != self.member.crc:
             raise self._fail(ChecksumError, f"CRC-32 mismatch (stored {self.member.crc:08x}, "
                              f"computed {self._crc:08x})")

@@ -10,8 +10,11 @@ import zipfile
 from typing import Any
 
 import fsspec
+import numpy as np
 import pytest
 
+from luigi_checkpoint.storage import _zipread as zipread
+from luigi_checkpoint.storage.archive import dump, load, read_arrays
 from luigi_checkpoint.storage.errors import (
     ArchiveError,
     ArchiveTooLargeError,
@@ -268,3 +271,205 @@ def test_raw_files_writing_fewer_bytes_than_asked_get_the_rest(tmp_path: Any) ->
         writer.close()
     with zipfile.ZipFile(path) as zf:
         assert zf.read("b") == PAYLOADS["b"]
+
+
+# ------------------------------------------- DEFLATE members at every block edge
+
+SMALL_BLOCK = 4096  # stands for OUTPUT_BLOCK (16 MiB): the same edges, a thousandth of the time
+MiB = 1 << 20
+
+
+def _edge_sizes(block: int, blocks: int) -> list[int]:
+    """Every size from 7 bytes before to 7 bytes after each multiple of ``block``."""
+    return sorted({k * block + d for k in range(blocks + 1) for d in range(-7, 8) if k * block + d >= 0})
+
+
+def _contents(size: int) -> dict[str, bytes]:
+    """Zeros (tiny compressed input, matches of 258 bytes) and text-like bytes."""
+    return {"zeros": bytes(size), "text": (b"abcdefghijklmnopqrstuvwxyz\n" * (size // 27 + 1))[:size]}
+
+
+def _one_member(writer: str, data: bytes) -> bytes:
+    if writer == "ours":
+        sink = SequentialSink()
+        ours = ZipWriter(sink, compression="deflate")
+        ours.add("m", [data], size=len(data))
+        ours.close()
+        return sink.value()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m", data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("writer", ["ours", "zipfile"])
+def test_deflate_members_read_whole_at_every_size_around_the_output_block(
+    monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    monkeypatch.setattr(zipread, "OUTPUT_BLOCK", SMALL_BLOCK)
+    for size in _edge_sizes(SMALL_BLOCK, 4):
+        for kind, data in _contents(size).items():
+            assert _reader(_one_member(writer, data)).read("m") == data, (size, kind)
+
+
+@pytest.mark.parametrize("writer", ["ours", "zipfile"])
+def test_deflate_members_read_as_npy_is_at_every_size_around_the_output_block(
+    monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A short head, then the rest in one ``readinto`` (what the NPY reader does)."""
+    monkeypatch.setattr(zipread, "OUTPUT_BLOCK", SMALL_BLOCK)
+    head = 128
+    for size in _edge_sizes(SMALL_BLOCK, 4):
+        for kind, data in _contents(head + size).items():
+            stream = _reader(_one_member(writer, data)).open("m")
+            rest = bytearray(size)
+            assert stream.read(head) == data[:head]
+            stream.readinto(memoryview(rest))
+            stream.finish()
+            assert rest == data[head:], (size, kind)
+
+
+REAL_EDGE_SIZES = [0, 1, 7, 16 * MiB - 7, 16 * MiB + 1, 32 * MiB + 3, 48 * MiB + 1, 64 * MiB + 7]
+
+
+def test_dump_then_load_round_trips_deflated_arrays_around_each_16_mib_boundary() -> None:
+    """The sizes of the field report (16,777,217 and 33,554,435 bytes failed)
+    and one past every other 16 MiB block up to 64 MiB + 7 bytes."""
+    for size in REAL_EDGE_SIZES:
+        marks = sorted({i for i in (0, 16 * MiB - 1, 16 * MiB, size - 1) if 0 <= i < size})
+        array = np.zeros(size, dtype=np.uint8)
+        array[marks] = 1  # zeros elsewhere: cheap to compare, and the hardest case for the bug
+        buffer = io.BytesIO()
+        dump({"a": array}, buffer, compression="deflate")
+        buffer.seek(0)
+        loaded = load(buffer)["a"]
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape, size
+        assert np.array_equal(np.flatnonzero(loaded), marks), size
+
+
+def test_zipfile_deflated_npy_members_past_a_16_mib_boundary_are_read() -> None:
+    array = np.zeros(16 * MiB + 1, dtype=np.uint8)
+    array[-1] = 1
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, a=array)
+    buffer.seek(0)
+    assert np.array_equal(read_arrays(buffer)["a.npy"], array)
+
+
+# ------------------------------------------------- files that return short reads
+
+
+class Trickle(io.RawIOBase):
+    """A seekable raw file whose reads return 1 to 7 bytes, however many are
+    asked (legal for raw files and pipes)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._position = 0
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._position = offset + (0, self._position, len(self._data))[whence]
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        self._reads += 1
+        count = min(len(buffer), 1 + self._reads % 7, len(self._data) - self._position)
+        buffer[:count] = self._data[self._position : self._position + count]
+        self._position += count
+        return count
+
+
+class TrickleWithoutReadinto:
+    """A file object with only ``read``/``seek``/``tell``, reading short too."""
+
+    def __init__(self, data: bytes) -> None:
+        self._file = Trickle(data)
+        self.seek, self.tell, self.seekable = self._file.seek, self._file.tell, self._file.seekable
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+
+@pytest.mark.parametrize("file_type", [Trickle, TrickleWithoutReadinto])
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
+@pytest.mark.parametrize("force_zip64", [False, True])
+def test_short_reads_are_not_taken_for_truncation(file_type: Any, compression: str, force_zip64: bool) -> None:
+    reader = ZipReader(file_type(_archive(compression, force_zip64)), source="trickle.zip")
+    assert {name: reader.read(name) for name in reader.members} == PAYLOADS
+
+
+@pytest.mark.parametrize("compression", ["stored", "deflate"])
+def test_load_reads_an_archive_through_short_reads(compression: str) -> None:
+    state = {"w": np.arange(5000, dtype="<f8").reshape(50, 100), "step": 3}
+    buffer = io.BytesIO()
+    dump(state, buffer, compression=compression)
+    loaded = load(Trickle(buffer.getvalue()))
+    assert loaded["step"] == 3 and np.array_equal(loaded["w"], state["w"])
+
+
+def test_a_short_read_at_the_real_end_is_still_truncation() -> None:
+    with pytest.raises(TruncatedArchiveError, match="trickle.zip"):
+        reader = ZipReader(Trickle(_archive()[:-40]), source="trickle.zip")
+        for name in reader.members:
+            reader.read(name)
+
+
+# ------------------------------------------------ bytes after the end record
+
+TRAILING = {
+    "one zero": bytes(1),
+    "bsdtar block padding": bytes(10240 - 1),
+    "almost all that zipfile searches": bytes(65536 - 100),
+    "junk": random.Random(1).randbytes(3000),
+    "a false end record": b"PK\x05\x06" + bytes(18),
+}
+
+
+@pytest.mark.parametrize("trailing", list(TRAILING))
+@pytest.mark.parametrize("force_zip64", [False, True])
+def test_bytes_after_the_end_record_are_ignored(trailing: str, force_zip64: bool) -> None:
+    data = _archive("deflate", force_zip64) + TRAILING[trailing]
+    reader = _reader(data)
+    assert {name: reader.read(name) for name in reader.members} == PAYLOADS
+
+
+@pytest.mark.parametrize("trailing", [t for t in TRAILING if t != "a false end record"])
+def test_zipfile_reads_the_same_archives_with_trailing_bytes(trailing: str) -> None:
+    """The reference reader agrees (it takes the false end record for an empty archive)."""
+    with zipfile.ZipFile(io.BytesIO(_archive("deflate") + TRAILING[trailing])) as zf:
+        assert {name: zf.read(name) for name in zf.namelist()} == PAYLOADS
+
+
+def test_a_comment_then_trailing_bytes_are_ignored() -> None:
+    reader = _reader(_python_zip(compression=zipfile.ZIP_DEFLATED) + bytes(5000))
+    assert {name: reader.read(name) for name in reader.members} == PAYLOADS
+
+
+def test_trailing_bytes_beyond_what_zipfile_searches_are_refused() -> None:
+    with pytest.raises(ArchiveError, match="test.zip: .*no end of central directory"):
+        _reader(_archive() + bytes(70_000))
+
+
+def test_data_before_the_archive_is_refused() -> None:
+    """Self-extracting archives: zipfile shifts every offset; we refuse."""
+    with pytest.raises(NotAnArchiveError, match="test.zip: 512 bytes between .*self-extracting"):
+        _reader(b"MZ" + bytes(510) + _archive())
+    with pytest.raises(NotAnArchiveError, match="test.zip: bad ZIP64 end"):
+        _reader(b"MZ" + bytes(510) + _archive(force_zip64=True))
+
+
+def test_a_gap_between_the_directory_and_the_end_record_is_refused() -> None:
+    data = _archive()
+    end = data.rindex(b"PK\x05\x06")
+    with pytest.raises(NotAnArchiveError, match="test.zip: 9 bytes between"):
+        _reader(data[:end] + bytes(9) + data[end:])
