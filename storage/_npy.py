@@ -6,9 +6,12 @@ with spaces and ended by ``\\n``, then the raw array data. Headers written
 here are padded to a multiple of 64 bytes, as numpy does, so that data after
 a 64-byte aligned header start is aligned too.
 
-Parsing never trusts the header: its length, literal, dtype (object dtypes
-are refused) and shape are checked against the member's real size before
-anything is allocated.
+Parsing never trusts the header: its length, literal, dtype and shape are
+checked against the member's real size before anything is allocated, and
+against what every supported numpy can build (:func:`parse_header` is the one
+judge for every reader, so ``verify`` and ``load`` agree). An object dtype is
+refused unless the caller reads pickled data (``numpy.save`` with
+``allow_pickle`` writes a pickle of the whole array after such a header).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ PREFIX_SIZE = 10  # magic, 2 version bytes, and a 2-byte length for version 1.0
 ALIGN = 64
 MAX_HEADER_SIZE = 1 << 20
 COPY_CHUNK = 16 << 20  # bytes copied at a time from a non-contiguous array
+MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32  # numpy's NPY_MAXDIMS
+INTP_MAX = int(np.iinfo(np.intp).max)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class NpyHeader:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def pickled(self) -> bool:
+        """Whether the data is a pickle of the array (object dtypes), not its items."""
+        return self.dtype.hasobject
 
 
 def is_written_fortran(array: np.ndarray) -> bool:
@@ -103,11 +113,12 @@ def header_length(prefix: bytes) -> int:
     raise ValueError(f"unsupported NPY version {version[0]}.{version[1]}")
 
 
-def parse_header(header: bytes, *, data_size: int, where: str) -> NpyHeader:
+def parse_header(header: bytes, *, data_size: int, where: str, pickled: bool = False) -> NpyHeader:
     """Parse and validate a complete NPY header.
 
     ``data_size`` is the number of bytes that follow the header in the member;
-    the header's shape times item size must equal it.
+    the header's shape times item size must equal it. With ``pickled`` an
+    object dtype is accepted, and its data (a pickle) may have any size.
     Raises :class:`BadNpyHeaderError` mentioning ``where``.
     """
     try:
@@ -119,13 +130,15 @@ def parse_header(header: bytes, *, data_size: int, where: str) -> NpyHeader:
         encoding = "utf8" if header[6] == 3 else "latin1"
         literal = ast.literal_eval(header[12 if header[6] > 1 else 10 :].decode(encoding))
         parsed = _check_literal(literal)
+        if parsed[0].hasobject and not pickled:
+            raise ValueError("object dtype is refused (it would need unpickling)")
     except (
         ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError, OverflowError
     ) as exc:
         raise BadNpyHeaderError(f"{where}: bad NPY header: {exc}") from None
     dtype, shape, fortran = parsed
     result = NpyHeader(dtype=dtype, shape=shape, fortran_order=fortran, size=size)
-    if result.nbytes != data_size:
+    if not result.pickled and result.nbytes != data_size:
         raise BadNpyHeaderError(
             f"{where}: NPY header declares shape {shape} of {dtype.str} "
             f"({result.nbytes} bytes) but the member holds {data_size} bytes of data"
@@ -141,14 +154,26 @@ def _check_literal(literal: object) -> tuple[np.dtype, tuple[int, ...], bool]:
         type(n) is int and n >= 0 for n in shape
     ):
         raise ValueError(f"bad shape {shape!r}")
-    if len(shape) > 64:
-        raise ValueError(f"too many dimensions ({len(shape)})")
     if not isinstance(literal["fortran_order"], bool):
         raise ValueError("fortran_order is not a bool")
     dtype = npformat.descr_to_dtype(literal["descr"])
-    if dtype.hasobject:
-        raise ValueError("object dtype is refused (it would need unpickling)")
+    _check_buildable(dtype, shape)
     return dtype, shape, literal["fortran_order"]
+
+
+def _check_buildable(dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """Refuse what some supported numpy cannot make into an array of exactly
+    this dtype and shape: too many dimensions; a sub-array dtype or one numpy
+    adapts (``|S0`` arrays hold ``|S1``), whose array would not match the
+    header's size (numpy never writes either); more elements or bytes than
+    ``intp`` counts. Zero-length axes do not excuse the others: numpy
+    multiplies the nonzero ones, and 2**64 empty items have no valid size."""
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"too many dimensions ({len(shape)}, numpy allows {MAX_DIMS})")
+    if dtype.subdtype is not None or np.empty(0, dtype).dtype != dtype:
+        raise ValueError(f"dtype {dtype} (numpy makes arrays of another dtype from it)")
+    if math.prod(n for n in shape if n) * max(dtype.itemsize, 1) > INTP_MAX:
+        raise ValueError(f"shape {shape} of {dtype.str} is beyond what numpy can index")
 
 
 def array_chunks(array: np.ndarray) -> Iterator[memoryview]:

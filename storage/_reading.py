@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import stat
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Protocol
 
@@ -28,16 +29,20 @@ from fsspec.implementations.local import LocalFileSystem
 
 from . import _npy as npy
 from ._zipread import READ_BLOCK, MemberStream, ZipReader
-from .errors import ArchiveError, BadNpyHeaderError, CheckpointError
+from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchiveError
 from .fs import Location, resolve, storage_errors
 
-__all__ = ["ArchiveSource", "NpyStream", "Source", "check_member", "open_source", "read_npy"]
+__all__ = ["ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "read_npy"]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
 REMOTE_READ = 64 << 20  # one range request of array data (and its temporary copy)
 
 Source = str | os.PathLike[str] | Location | IO[bytes]
 """Where an archive or snapshot is read from: a path, URL, location or open binary file."""
+
+Unpickle = Callable[[bytes, str], Any]
+"""Turns the pickled data of an object array member into the array (or refuses
+it); the string names the member for messages."""
 
 
 class NpyStream(Protocol):
@@ -101,11 +106,16 @@ def open_source(
     if not isinstance(src, (str, os.PathLike, Location)):
         source = repr(src)
         with _reading_errors(source):
+            if not src.seekable():
+                raise NotAnArchiveError(f"{source}: cannot be read as a ZIP archive: it is not "
+                                        "seekable (a pipe or socket?)")
             return ArchiveSource(ZipReader(src, source=source), source, src.seek(0, 2), file=None, mapping=None)
     location = resolve(src, storage_options)
     local = isinstance(location.fs, LocalFileSystem)
     options = {} if local else {"block_size": REMOTE_BLOCK, "cache_type": "readahead"}
     with _reading_errors(location.url):
+        if local:
+            _check_regular(location.path)
         f = location.fs.open(location.path, "rb", **options)
         try:
             reader = ZipReader(f, source=location.url, **({} if local else {"block_size": REMOTE_READ}))
@@ -116,6 +126,24 @@ def open_source(
         except BaseException:
             f.close()
             raise
+
+
+def _check_regular(path: str) -> None:
+    """Refuse a local path that is not a regular file before opening it: opening
+    a FIFO blocks until a writer comes, and a device or socket never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # the open reports it
+    if not stat.S_ISREG(mode):
+        raise NotAnArchiveError(f"{path}: cannot be read as a ZIP archive: it is not a regular "
+                                f"file (a {_kind(mode)})")
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "directory", stat.S_ISFIFO: "FIFO", stat.S_ISSOCK: "socket",
+             stat.S_ISCHR: "character device", stat.S_ISBLK: "block device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "special file")
 
 
 @contextmanager
@@ -136,9 +164,9 @@ def _as_archive_errors(source: str) -> Iterator[None]:
         raise ArchiveError(f"{source}: malformed archive: {exc}") from exc
 
 
-def _header(stream: NpyStream, where: str) -> tuple[npy.NpyHeader, bytes]:
-    """Parse the NPY header at the start of ``stream``; return it and the bytes
-    read past it."""
+def _header(stream: NpyStream, where: str, *, pickled: bool) -> tuple[npy.NpyHeader, bytes]:
+    """Parse the NPY header at the start of ``stream`` (an object dtype only if
+    ``pickled``); return it and the bytes read past it."""
     total = stream.remaining
     head = stream.read(min(12, total))
     try:
@@ -150,7 +178,7 @@ def _header(stream: NpyStream, where: str) -> tuple[npy.NpyHeader, bytes]:
             f"{where}: NPY header of {length} bytes does not fit a member of {total} bytes"
         )
     head += stream.read(max(0, length - len(head)))
-    header = npy.parse_header(head[:length], data_size=total - length, where=where)
+    header = npy.parse_header(head[:length], data_size=total - length, where=where, pickled=pickled)
     return header, head[length:]
 
 
@@ -161,9 +189,16 @@ def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
     return memoryview(flat.reshape(-1).view(np.uint8))
 
 
-def read_npy(source: ArchiveSource, name: str, *, stream: NpyStream | None = None) -> np.ndarray:
+def read_npy(
+    source: ArchiveSource, name: str, *, stream: NpyStream | None = None, unpickle: Unpickle | None = None
+) -> np.ndarray:
     """Read NPY member ``name`` (from ``stream`` when given: an adapter over
     the member, see :mod:`._theano`).
+
+    A member holding an object array (its data a pickle, as ``numpy.save``
+    writes it with ``allow_pickle``) is a bad header, unless ``unpickle`` is
+    given: then its data is read, CRC-checked and handed to ``unpickle``,
+    which may refuse it.
 
     Errors are classified here already (StorageError, ArchiveError): this
     runs inside the unpickler (``persistent_load``), which would take any
@@ -173,9 +208,13 @@ def read_npy(source: ArchiveSource, name: str, *, stream: NpyStream | None = Non
         where = f"{source.source}: member {name!r}"
         member = stream is None
         stream = source.reader.open(name) if stream is None else stream
-        header, rest = _header(stream, where)
+        header, rest = _header(stream, where, pickled=unpickle is not None)
+        if header.pickled:
+            assert unpickle is not None  # _header refuses object dtypes without it
+            return _unpickled(stream, rest, header, where, unpickle)
         order = "F" if header.fortran_order else "C"
-        if member and source.mapping is not None and source.reader.member(name).method == 0:
+        mapped = member and source.mapping is not None and source.reader.member(name).method == 0
+        if mapped and header.nbytes:  # nothing to map (numpy cannot map zero-size items)
             offset = source.reader.data_offset(source.reader.member(name)) + header.size
             flat = np.frombuffer(
                 source.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
@@ -189,13 +228,29 @@ def read_npy(source: ArchiveSource, name: str, *, stream: NpyStream | None = Non
         return array
 
 
+def _unpickled(
+    stream: NpyStream, rest: bytes, header: npy.NpyHeader, where: str, unpickle: Unpickle
+) -> np.ndarray:
+    """The object array pickled after ``header``: its bytes are checked (CRC)
+    before ``unpickle`` sees them, and what it returns must be what the header declares."""
+    data = rest + stream.read(stream.remaining)
+    stream.finish()
+    array = unpickle(data, where)
+    if not (isinstance(array, np.ndarray) and array.dtype == header.dtype and array.shape == header.shape):
+        found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise BadNpyHeaderError(f"{where}: NPY header declares {header.dtype} {header.shape}, "
+                                f"its pickled data holds {found}")
+    return array
+
+
 def check_member(source: ArchiveSource, name: str, stream: NpyStream | None = None, *, array: bool) -> None:
     """Read member ``name`` (or ``stream`` over it) through, checking its CRC-32
-    and, for an ``array`` member, its NPY header against its size."""
+    and, for an ``array`` member, its NPY header against its size (an object
+    array's pickled data is checked, never unpickled)."""
     where = f"{source.source}: member {name!r}"
     stream = source.reader.open(name) if stream is None else stream
     if array:
-        _header(stream, where)
+        _header(stream, where, pickled=True)
     while stream.remaining:
         stream.read(min(READ_BLOCK, stream.remaining))
     stream.finish()

@@ -25,7 +25,7 @@ import itertools
 import pickle
 import pickletools
 from collections.abc import Callable, Iterable, Mapping
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from . import _manifest, _theano
 from . import _npy as npy
 from . import _trust as trust
 from ._externalize import Frozen, freeze
-from ._reading import ArchiveSource, NpyStream, Source, check_member, open_source, read_npy
+from ._reading import ArchiveSource, NpyStream, Source, Unpickle, check_member, open_source, read_npy
 from ._zipwrite import ZipWriter
 from .errors import (
     ArchiveError,
@@ -202,11 +202,13 @@ class Archive:
         """The archived object, loaded safely; see :mod:`luigi_checkpoint.storage._trust`."""
         archive = self._source
         arrays: dict[str, np.ndarray] = {}
+        unpickle = _unpickle_object_array(renames) if unsafe else _refuse_object_array
 
         def persistent_load(pid: Any) -> np.ndarray:
             kind, name = _parse_id(archive, pid)
             if name not in arrays:
-                arrays[name] = read_npy(archive, name, stream=self._gpuarray(name, kind == "gpuarray"))
+                stream = self._gpuarray(name, kind == "gpuarray")
+                arrays[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
             return arrays[name]
 
         with archive.errors():
@@ -241,7 +243,7 @@ class Archive:
 
     def read_array(self, name: str) -> np.ndarray:
         """The array in member ``name``, read into fresh memory (or mapped)."""
-        return read_npy(self._source, name, stream=self._gpuarray(name))
+        return read_npy(self._source, name, stream=self._gpuarray(name), unpickle=_refuse_object_array)
 
     def verify(self) -> list[str]:
         """Check every member's CRC-32 and NPY header, the manifest and the
@@ -352,6 +354,20 @@ def audit(
     """Every global the archive's pickle would import, and which are untrusted."""
     with open_archive(src, storage_options=storage_options) as archive:
         return archive.audit(trusted=trusted, renames=renames)
+
+
+def _unpickle_object_array(renames: Mapping[str, str] | None) -> Unpickle:
+    """Unpickles the data of an object array member (Theano's ``pkl_utils``
+    saved object arrays with ``numpy.save``'s pickling) through the loader the
+    archive's own pickle goes through: only for ``unsafe`` loads."""
+    return lambda data, where: trust.load_pickle(data, source=where, renames=renames, unsafe=True)
+
+
+def _refuse_object_array(data: bytes, where: str) -> NoReturn:
+    raise UnloadableArchiveError(
+        f"{where} holds an object array, whose data is a pickle: safe loading never unpickles "
+        "array data (load(..., unsafe=True) reads it, if you trust the archive)"
+    )
 
 
 def _parse_id(archive: ArchiveSource, pid: Any) -> tuple[str, str]:

@@ -5,6 +5,7 @@ allocated, nothing in a refused member is constructed."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import signal
 import struct
@@ -34,6 +35,7 @@ from .helpers_archive import (
     deflate_then_zeros,
     ref_ids,
 )
+from luigi_checkpoint.storage import cli
 from luigi_checkpoint.storage.archive import audit, dump, load, read_arrays, read_manifest, verify
 from luigi_checkpoint.storage.errors import (
     ArchiveError,
@@ -43,6 +45,7 @@ from luigi_checkpoint.storage.errors import (
     CorruptPickleError,
     MissingMemberError,
     NotAnArchiveError,
+    UnloadableArchiveError,
     UntrustedTypeError,
 )
 from luigi_checkpoint.storage.fs import resolve, url_of
@@ -293,6 +296,14 @@ BAD_HEADERS = {
     + bytes(80),
     "only_magic": b"\x93NUMPY",
     "empty_member": b"",
+    # What numpy cannot build, though the sizes agree (verify passed these):
+    "empty_items_beyond_intp": npy_header("|V0", (2**64,)),
+    "empty_items_counting_past_intp": npy_header("|V0", (2**32, 2**32)),
+    "a_zero_axis_beside_huge_ones": npy_header("|u1", (2**40, 0, 2**40)),
+    "more_dimensions_than_numpy_has": npy_header("<f8", (1,) * 65) + bytes(8),
+    "sub_array_dtype": _npy_text(b"{'descr': ('<f8', (2,)), 'fortran_order': False, 'shape': (5,)}")
+    + bytes(80),
+    "unsized_string_dtype": npy_header("|S0", (3,)),
 }
 
 
@@ -327,13 +338,71 @@ class Sneaky:
         return (_side_effect, ())
 
 
-def test_object_dtype_inside_an_npy_member_is_refused_unread(tmp_path: Any) -> None:
+def test_object_dtype_inside_an_npy_member_is_unpickled_only_when_unsafe(tmp_path: Any) -> None:
     member = npy_bytes(np.array([1, Sneaky()], dtype=object))
     path = _npy_case(tmp_path, member)
-    for call in (lambda: load(path), lambda: load(path, unsafe=True), lambda: read_arrays(path)):
-        exc = _raises(ArchiveError, call, path)
-        assert isinstance(exc, BadNpyHeaderError), repr(exc)
+    for call in (lambda: load(path), lambda: load(path, trusted=[Sneaky]), lambda: read_arrays(path)):
+        with pytest.raises(UnloadableArchiveError, match="member 'W' holds an object array.*unsafe=True") as info:
+            call()
+        assert_names_archive(info.value, path)
+    assert verify(path) == []
     assert EFFECTS == []
+    loaded = load(path, unsafe=True)["W"]
+    assert loaded.dtype == object and loaded.tolist() == [1, "boom"]
+    assert EFFECTS == ["constructed"]
+    EFFECTS.clear()
+
+
+def test_object_dtype_with_a_corrupt_pickle_is_damaged_not_unloadable(tmp_path: Any) -> None:
+    """The bytes are judged (CRC) before anything may be unpickled."""
+    member = npy_bytes(np.array([1, "some text"], dtype=object))
+    archive = bytearray(_theano_like({"W": member}, {"W": Ref("ndarray.W")}))
+    archive[archive.index(b"some text")] ^= 0x01
+    path = _write(tmp_path, bytes(archive))
+    for call in (lambda: load(path), lambda: load(path, unsafe=True), lambda: read_arrays(path)):
+        _raises(ChecksumError, call, path)
+    assert any("CRC-32" in p for p in verify(path))
+
+
+def test_an_object_array_pickle_must_hold_what_its_header_declares(tmp_path: Any) -> None:
+    header = npy_header("|O", (3,))
+    member = header + pickle.dumps(np.array([1, 2], dtype=object))
+    path = _npy_case(tmp_path, member)
+    _raises(BadNpyHeaderError, lambda: load(path, unsafe=True), path)
+
+
+# ------------------------------------------------------ what is not a file
+
+
+def _not_regular(tmp_path: Any, kind: str) -> str:
+    if kind == "FIFO":
+        os.mkfifo(tmp_path / "fifo.ckpt")
+        return str(tmp_path / "fifo.ckpt")
+    if kind == "directory":
+        (tmp_path / "dir.ckpt").mkdir()
+        return str(tmp_path / "dir.ckpt")
+    return "/dev/zero"
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory", "character device"])
+def test_a_path_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Any, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _not_regular(tmp_path, kind)
+    with _returns_within(5):
+        for read in READERS.values():
+            exc = _raises(NotAnArchiveError, lambda: read(path), path)
+            assert f"not a regular file (a {kind})" in str(exc)
+        assert verify(path) == [str(exc)]
+        assert cli.main(["inspect", path]) != 0
+    assert f"{path}: cannot be read as a ZIP archive" in capsys.readouterr().err
+
+
+def test_an_open_pipe_is_refused_at_once() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as pipe, _returns_within(5):
+        _raises(NotAnArchiveError, lambda: load(pipe), repr(pipe))
+    os.close(write_end)
 
 
 # ------------------------------------------------------------------ checksums

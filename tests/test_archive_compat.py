@@ -20,12 +20,19 @@ from .helpers_archive import (
     GpuArray,
     Layer,
     Plain,
+    RawMember,
+    Ref,
     assert_array_exact,
     assert_same,
+    build_zip,
+    npy_bytes,
+    pickle_with_ids,
+    ref_ids,
     theano_dump,
     theano_load,
 )
-from luigi_checkpoint.storage.archive import dump, load
+from luigi_checkpoint.storage.archive import dump, load, read_arrays, verify
+from luigi_checkpoint.storage.errors import UnloadableArchiveError
 
 
 def _state() -> dict[str, Any]:
@@ -184,6 +191,56 @@ def test_load_reads_theano_gpu_arrays_as_numpy_arrays(
     assert_array_exact(loaded["gpu"], b)
     assert loaded["again"] is loaded["gpu"]
     assert_array_exact(loaded["host"], c)
+
+
+def _objects_state() -> dict[str, Any]:
+    return {
+        "objects": np.array([1, "two", None, {"three": [3.0]}, (4, b"four")], dtype=object),
+        "grid": np.array([[1, "a"], [None, 2.5]], dtype=object, order="F"),
+        "records": np.array([(1, "x"), (2, None)], dtype=[("n", "<i4"), ("o", "O")]),
+        "none_yet": np.empty((2, 0), dtype=object),
+        "weights": np.arange(3.0),
+    }
+
+
+def _assert_same_objects(loaded: np.ndarray, orig: np.ndarray, name: str) -> None:
+    assert loaded.dtype == orig.dtype and loaded.shape == orig.shape, name
+    assert repr(loaded.tolist()) == repr(orig.tolist()), name
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_load_unsafe_reads_theano_object_arrays(tmp_path: Any, protocol: int, compression: int) -> None:
+    """Theano's pkl_utils saved object arrays with numpy.save's pickling."""
+    state = _objects_state()
+    path = tmp_path / "theano.zip"
+    theano_dump(state, str(path), protocol=protocol, compression=compression)
+    loaded = load(path, unsafe=True)
+    assert list(loaded) == list(state)
+    for name in ("objects", "grid", "records", "none_yet"):
+        _assert_same_objects(loaded[name], state[name], name)
+    assert_array_exact(loaded["weights"], state["weights"])
+
+
+def test_safe_load_refuses_theano_object_arrays_naming_the_way_out(tmp_path: Any) -> None:
+    path = tmp_path / "theano.zip"
+    theano_dump(_objects_state(), str(path), protocol=2, compression=zipfile.ZIP_DEFLATED)
+    for call in (lambda: load(path, trusted=TRUSTED), lambda: read_arrays(path)):
+        with pytest.raises(UnloadableArchiveError) as info:
+            call()
+        assert f"{path}: member 'array_0' holds an object array" in str(info.value)
+        assert "unsafe=True" in str(info.value)
+    assert verify(path) == []
+
+
+def test_renames_apply_inside_theano_object_arrays() -> None:
+    """The arrays' pickles go through the loader the archive's pickle goes through."""
+    member = npy_bytes(np.array([Plain(1)], dtype=object))
+    moved = member.replace(b"tests.helpers_archive", b"tests.helpers_moved__")
+    pkl = pickle_with_ids({"objects": Ref("ndarray.array_0")}, ref_ids, protocol=2)
+    data = build_zip([RawMember("array_0", moved), RawMember("pkl", pkl)])
+    loaded = load(io.BytesIO(data), unsafe=True, renames={"tests.helpers_moved__": "tests.helpers_archive"})
+    assert isinstance(loaded["objects"][0], Plain) and loaded["objects"][0].value == 1
 
 
 def test_theano_round_trip_through_both_readers(tmp_path: Any) -> None:
