@@ -106,7 +106,8 @@ def open_source(
     if not isinstance(src, (str, os.PathLike, Location)):
         source = repr(src)
         with _reading_errors(source):
-            if not src.seekable():
+            seekable = getattr(src, "seekable", None)  # zipfile needs only read, seek and tell
+            if seekable is not None and not seekable():
                 raise NotAnArchiveError(f"{source}: cannot be read as a ZIP archive: it is not "
                                         "seekable (a pipe or socket?)")
             return ArchiveSource(ZipReader(src, source=source), source, src.seek(0, 2), file=None, mapping=None)
