@@ -70,6 +70,14 @@ OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
 
 
 @dataclass(frozen=True)
+class _Tail:
+    """The end of the file, read at once: the end records and often the directory."""
+
+    start: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Member:
     """One central directory entry, validated against the file's layout."""
 
@@ -128,44 +136,47 @@ class ZipReader:
     def _read_directory(self) -> dict[str, Member]:
         file_size = self.file.seek(0, 2)
         tail_start = max(0, file_size - TAIL_SIZE)
-        tail = self.read_at(tail_start, file_size - tail_start)
-        directory_offset, directory_size, count = self._find_directory(tail, tail_start)
+        tail = _Tail(tail_start, self.read_at(tail_start, file_size - tail_start))
+        directory_offset, directory_size, count = self._find_directory(tail)
         if count * CENTRAL_ENTRY.size > directory_size:
             raise self._fail(NotAnArchiveError, f"{count} members cannot fit a central "
                              f"directory of {directory_size} bytes")
-        if directory_offset >= tail_start:
-            start = directory_offset - tail_start
-            directory = tail[start : start + directory_size]
-        else:
-            directory = self.read_at(directory_offset, directory_size)
+        directory = self._read_near(tail, directory_offset, directory_size)
         members, minimum_sizes = self._parse_directory(directory, count, directory_offset)
         return self._check_layout(members, minimum_sizes, directory_offset)
 
-    def _find_directory(self, tail: bytes, tail_start: int) -> tuple[int, int, int]:
+    def _read_near(self, tail: _Tail, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``, from ``tail`` when it holds them (a
+        remote file then costs no request, however many end records are tried)."""
+        if tail.start <= offset and offset + size <= tail.start + len(tail.data):
+            return tail.data[offset - tail.start : offset - tail.start + size]
+        return self.read_at(offset, size)
+
+    def _find_directory(self, tail: _Tail) -> tuple[int, int, int]:
         """Offset, size and member count of the central directory, from the
         first end record in ``tail`` that is consistent with it; if none is,
         the problem of the most likely one (the first tried)."""
         problems: list[ArchiveError] = []
-        for position, end in _end_records(tail):
+        for position, end in _end_records(tail.data):
             try:
-                return self._directory_of(end, tail_start + position)
+                return self._directory_of(tail, end, tail.start + position)
             except ArchiveError as exc:
                 problems.append(exc)
         if problems:
             raise problems[0]
-        head = self.read_at(0, min(4, tail_start + len(tail)))
+        head = self._read_near(tail, 0, min(4, tail.start + len(tail.data)))
         if head and LOCAL_HEADER.signature.startswith(head):
             raise self._fail(TruncatedArchiveError, "truncated: no end of central directory "
                              "record (the file ends early)")
         raise self._fail(NotAnArchiveError, "not a ZIP archive (no end of central directory)")
 
-    def _directory_of(self, end: EndRecord, end_offset: int) -> tuple[int, int, int]:
+    def _directory_of(self, tail: _Tail, end: EndRecord, end_offset: int) -> tuple[int, int, int]:
         """The directory the end record at ``end_offset`` declares, checked to
         end exactly where the end records start."""
         if end.disk or end.directory_disk or end.disk_entries != end.entries:
             raise self._fail(ArchiveError, "multi-disk ZIP archives are not supported")
         records_start, directory = end_offset, (end.directory_offset, end.directory_size, end.entries)
-        zip64 = self._zip64_end(end_offset)
+        zip64 = self._zip64_end(tail, end_offset)
         if zip64 is not None:
             records_start, directory = zip64
         elif COUNT_LIMIT == end.entries or ZIP64_LIMIT in (end.directory_size, end.directory_offset):
@@ -179,19 +190,19 @@ class ZipReader:
                              "as in self-extracting archives, is not supported)")
         return directory
 
-    def _zip64_end(self, end_offset: int) -> tuple[int, tuple[int, int, int]] | None:
+    def _zip64_end(self, tail: _Tail, end_offset: int) -> tuple[int, tuple[int, int, int]] | None:
         """Where the ZIP64 end record starts and the directory it declares, if a
         ZIP64 locator precedes the end record at ``end_offset``."""
         locator_offset = end_offset - ZIP64_LOCATOR.size
         if locator_offset < 0:
             return None
-        locator = ZIP64_LOCATOR.unpack_from(self.read_at(locator_offset, ZIP64_LOCATOR.size))
+        locator = ZIP64_LOCATOR.unpack_from(self._read_near(tail, locator_offset, ZIP64_LOCATOR.size))
         if locator is None:
             return None
         record_offset = locator.end_offset
         if record_offset + ZIP64_END.size > locator_offset:
             raise self._fail(TruncatedArchiveError, "ZIP64 end record lies beyond the file")
-        record = ZIP64_END.unpack_from(self.read_at(record_offset, ZIP64_END.size))
+        record = ZIP64_END.unpack_from(self._read_near(tail, record_offset, ZIP64_END.size))
         if record is None:
             raise self._fail(NotAnArchiveError, "bad ZIP64 end of central directory record")
         return record_offset, (record.directory_offset, record.directory_size, record.entries)
