@@ -211,11 +211,7 @@ def theano_dump(obj: Any, file: IO[bytes] | str, *, protocol: int, compression: 
                 seen[id(value)] = f"{kind}.{name}"
             return seen[id(value)]
 
-        data = io.BytesIO()
-        pickler = pickle.Pickler(data, protocol=protocol)
-        pickler.persistent_id = persistent_id
-        pickler.dump(obj)
-        zf.writestr("pkl", data.getvalue())
+        zf.writestr("pkl", pickle_with_ids(obj, persistent_id, protocol))
 
 
 def theano_load(file: IO[bytes] | str) -> Any:
@@ -232,9 +228,7 @@ def theano_load(file: IO[bytes] | str) -> Any:
                     cache[name] = np.lib.format.read_array(f)
             return cache[name]
 
-        unpickler = pickle.Unpickler(io.BytesIO(zf.open("pkl").read()))
-        unpickler.persistent_load = persistent_load
-        return unpickler.load()
+        return _HookUnpickler(io.BytesIO(zf.open("pkl").read()), persistent_load).load()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -252,12 +246,33 @@ def npy_header(descr: str, shape: tuple[int, ...], fortran_order: bool = False) 
     return out.getvalue()
 
 
+class _HookPickler(pickle.Pickler):
+    """A pickler whose ``persistent_id`` is ``hook`` (Python 3.13 refuses
+    assigning the hook to an instance of the C pickler)."""
+
+    def __init__(self, file: IO[bytes], protocol: int, hook: Callable[[Any], Any]) -> None:
+        super().__init__(file, protocol=protocol)
+        self._hook = hook
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._hook(obj)
+
+
+class _HookUnpickler(pickle.Unpickler):
+    """An unpickler whose ``persistent_load`` is ``hook``."""
+
+    def __init__(self, file: IO[bytes], hook: Callable[[Any], Any]) -> None:
+        super().__init__(file)
+        self._hook = hook
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._hook(pid)
+
+
 def pickle_with_ids(obj: Any, ids: Callable[[Any], str | None], protocol: int = 4) -> bytes:
     """Pickle ``obj`` with a ``persistent_id`` hook."""
     data = io.BytesIO()
-    pickler = pickle.Pickler(data, protocol=protocol)
-    pickler.persistent_id = ids
-    pickler.dump(obj)
+    _HookPickler(data, protocol, ids).dump(obj)
     return data.getvalue()
 
 
