@@ -14,6 +14,13 @@ all seen). Those reduce values are handed to the pickler again through
 ``reducer_override``, so each object is reduced once and the arrays it
 produces (a bit generator's state) are the very ones the walk named. Arrays
 the walk does not reach are ``array_<n>``.
+
+Whatever numpy version runs, the pickle names numpy's objects in the forms
+every supported numpy reads (:mod:`luigi_checkpoint.storage._numpy_compat`):
+the same ``reducer_override`` gives numpy's random generators and aligned
+dtypes their portable reduction, and ``save_global`` spells numpy globals by
+names all versions import. That hook exists only in pickle's Python
+pickler, so pickling runs at Python speed (the walk already does).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _numpy_compat as numpy_compat
+
 __all__ = ["Frozen", "externalizable", "freeze"]
 
 RESERVED = frozenset({"pkl", "manifest.json"})
@@ -37,6 +46,9 @@ _LEAVES = (
     type(None), bool, int, float, complex, str, bytes, bytearray, type, range, slice,
     types.FunctionType, types.BuiltinFunctionType, types.ModuleType, np.generic, np.dtype,
 )
+
+_PICKLED_BY_TYPE = frozenset({type(None), bool, int, float, complex, str, bytes, tuple, list, dict})
+"""Types pickle writes by its own opcodes (never reduced, so nothing to override)."""
 
 
 def externalizable(obj: object) -> bool:
@@ -142,7 +154,9 @@ class _Walk:
     def _reduce(self, obj: object) -> tuple[Any, ...] | None:
         reducer = copyreg.dispatch_table.get(type(obj))
         try:
-            value = reducer(obj) if reducer else obj.__reduce_ex__(self.protocol)
+            value = numpy_compat.reduction(obj)
+            if value is None:
+                value = reducer(obj) if reducer else obj.__reduce_ex__(self.protocol)
         except Exception:  # the pickler will meet it again and report it
             return None
         if not isinstance(value, tuple) or len(value) < 2 or not isinstance(value[1], tuple):
@@ -173,8 +187,9 @@ def _items(pairs: Any, path: tuple[str, ...]) -> list[tuple[object, tuple[str, .
     return children
 
 
-class _ArchivePickler(pickle.Pickler):
-    """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids."""
+class _ArchivePickler(pickle._Pickler):  # type: ignore[misc,name-defined]
+    """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids and
+    writes numpy objects in the forms every supported numpy reads."""
 
     def __init__(self, file: io.BytesIO, protocol: int, walk: _Walk) -> None:
         super().__init__(file, protocol=protocol)
@@ -194,7 +209,26 @@ class _ArchivePickler(pickle.Pickler):
         return f"ndarray.{name}"
 
     def reducer_override(self, obj: Any) -> Any:
-        return self._walk.reduction(obj)
+        if type(obj) in _PICKLED_BY_TYPE:
+            return NotImplemented
+        value = self._walk.reduction(obj)
+        if value is NotImplemented:
+            value = numpy_compat.reduction(obj) or NotImplemented
+        return value
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        spelled = numpy_compat.global_name(obj)
+        if spelled is None:
+            super().save_global(obj, name)
+            return
+        module, qualname = spelled
+        if self.proto >= 4:
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("ascii"))
+        self.memoize(obj)
 
     def _unique(self, name: str) -> str:
         name = name[:MAX_NAME].rstrip("/")

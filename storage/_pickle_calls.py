@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from ._numpy_compat import CORE, NUMPY2
+
 NUMPY_RANDOM_CLASSES = (
     "_generator.Generator", "mtrand.RandomState", "_mt19937.MT19937", "_pcg64.PCG64",
     "_pcg64.PCG64DXSM", "_philox.Philox", "_sfc64.SFC64", "bit_generator.SeedSequence",
@@ -53,9 +55,7 @@ NUMPY_RANDOM_HELPERS = (
 # numpy scalar types (numpy.float64) and dtype classes (numpy.dtypes.Float64DType)
 NUMPY_TYPES = {*np.sctypeDict.values(), *(type(np.dtype(c)) for c in np.typecodes["All"])}
 
-NUMPY2 = int(np.__version__.split(".")[0]) >= 2
-_CORE = "numpy._core" if NUMPY2 else "numpy.core"
-_RECONSTRUCT, _SCALAR = f"{_CORE}.multiarray._reconstruct", f"{_CORE}.multiarray.scalar"
+_RECONSTRUCT, _SCALAR = f"{CORE}.multiarray._reconstruct", f"{CORE}.multiarray.scalar"
 _NOT_CALLED = frozenset([
     "numpy.ndarray", *(f"{t.__module__}.{t.__qualname__}" for t in NUMPY_TYPES),
     *(f"numpy.random.{name}" for name in NUMPY_RANDOM_CLASSES),
@@ -68,7 +68,7 @@ ARGUMENT_KINDS = {
     **{f"collections.{name}": (0, DATA) for name in ("OrderedDict", "deque", "Counter")},
     "collections.defaultdict": (1, DATA), "builtins.str": (0, ("str", "bytes")),
     "_codecs.encode": (0, ("str",)), "numpy.dtype": (0, _DTYPE), _SCALAR: (0, _DTYPE),
-    _RECONSTRUCT: (2, _DTYPE), f"{_CORE}.numeric._frombuffer": (1, _DTYPE),
+    _RECONSTRUCT: (2, _DTYPE), f"{CORE}.numeric._frombuffer": (1, _DTYPE),
     **{f"numpy.random._pickle.__{name}_ctor": (0, ("str", "global", "random"))
        for name in ("generator", "bit_generator", "randomstate")},
 }
@@ -76,8 +76,8 @@ ARGUMENT_KINDS = {
 _CALLING_CTORS = {f"numpy.random._pickle.__{name}_ctor" for name in ("generator", "randomstate")}
 RESULT_KINDS = {
     "builtins.bytes": "bytes", "builtins.bytearray": "bytes", "_codecs.encode": "bytes",
-    "numpy.dtype": "dtype", f"{_CORE}._internal._convert_to_stringdtype_kwargs": "dtype",
-    _RECONSTRUCT: "array", f"{_CORE}.numeric._frombuffer": "array",
+    "numpy.dtype": "dtype", f"{CORE}._internal._convert_to_stringdtype_kwargs": "dtype",
+    _RECONSTRUCT: "array", f"{CORE}.numeric._frombuffer": "array",
     **{f"numpy.random.{name}": "random" for name in NUMPY_RANDOM_HELPERS},
 }
 """Callable -> kind of what it returns (other calls return a ``"computed"`` value)."""
@@ -170,7 +170,7 @@ def made_dtype(name: str, arguments: Any) -> Value:
     them: ``numpy.dtype`` of a plain type string (``"O8"``, ``"V24"``,
     ``"<f8"``), a StringDType."""
     value = Value("dtype")
-    if name == f"{_CORE}._internal._convert_to_stringdtype_kwargs":
+    if name == f"{CORE}._internal._convert_to_stringdtype_kwargs":
         value.itemsize = _STRINGDTYPE_SIZE
     if name != "numpy.dtype" or not isinstance(arguments, tuple) or not arguments:
         return value

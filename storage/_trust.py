@@ -10,11 +10,14 @@ them; :func:`restricted_unpickler` checks each name again as it is imported.
 
 Names are compared exactly, as ``"module.qualname"`` after three mappings:
 Python 2 names (``__builtin__.eval`` is ``builtins.eval``, as pickle's
-``fix_imports`` does), ``numpy.core`` to ``numpy._core`` under numpy 2, then the
-caller's ``renames``. The defaults are data types only: builtin containers and
-scalars, numpy arrays, dtypes, scalars and random generators, a few
-``collections`` and ``datetime`` types, and the ``copyreg`` helpers (their class
-arguments are globals of their own, so they only rebuild trusted classes).
+``fix_imports`` does), numpy names to the running numpy's spelling (``numpy.core``
+and ``numpy._core``, scalar types: :mod:`luigi_checkpoint.storage._numpy_compat`),
+then the caller's ``renames``. The defaults are data types only: builtin
+containers and scalars, numpy arrays, dtypes, scalars and random generators, a
+few ``collections`` and ``datetime`` types, and the ``copyreg`` helpers (their
+class arguments are globals of their own, so they only rebuild trusted classes).
+numpy's random pickling helpers are replaced by ones that take every numpy
+version's arguments (and build only numpy's own bit generators).
 
 Allowed globals are also called only as picklers call them (the policy is in
 :mod:`luigi_checkpoint.storage._pickle_calls`), so a small stream cannot make them allocate a lot:
@@ -39,10 +42,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import _numpy_compat as numpy_compat
 from . import _pickle_calls as calls
 from ._dtypes import layout_problem
 from .errors import CheckpointError, CorruptPickleError, UnloadableArchiveError, UntrustedTypeError
-from ._pickle_calls import NUMPY2, NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
+from ._pickle_calls import NUMPY_RANDOM_CLASSES, NUMPY_RANDOM_HELPERS, NUMPY_TYPES
 
 __all__ = ["Audit", "audit_pickle", "load_pickle", "register_trusted", "restricted_unpickler"]
 
@@ -61,12 +65,12 @@ DEFAULT_TRUSTED: frozenset[str] = frozenset(
        "collections.defaultdict"]
     + [f"datetime.{name}" for name in ("date", "time", "datetime", "timedelta", "timezone")]
     + ["numpy.ndarray", "numpy.dtype"]
-    + [f"{core}.{helper}" for core in ("numpy.core", "numpy._core")
-       for helper in _NUMPY_CORE_HELPERS]
+    + [f"{numpy_compat.CORE}.{helper}" for helper in _NUMPY_CORE_HELPERS]
     + [f"{t.__module__}.{t.__qualname__}" for t in NUMPY_TYPES]
     + [f"numpy.random.{name}" for name in NUMPY_RANDOM_CLASSES + NUMPY_RANDOM_HELPERS]
 )
-"""Dotted names every load trusts (exact names, never whole modules)."""
+"""Dotted names every load trusts (exact names, never whole modules), as the
+running numpy spells them: :func:`_resolve` maps other versions' names first."""
 
 _registered: set[str] = set()
 MAX_DEPTH = 10_000
@@ -120,13 +124,13 @@ def _trusted_set(trusted: TrustedSpec) -> frozenset[str]:
 
 
 def _resolve(module: str, name: str, renames: Mapping[str, str] | None) -> tuple[str, str]:
-    """Map Python 2 and numpy 1 names, then apply ``renames`` (exact name, else longest prefix)."""
+    """Map Python 2 names and other numpy versions' names, then apply ``renames``
+    (exact name, else longest prefix)."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
         module, name = _compat_pickle.NAME_MAPPING[(module, name)]
     else:
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    if NUMPY2 and (module == "numpy.core" or module.startswith("numpy.core.")):
-        module = "numpy._core" + module[len("numpy.core"):]
+    module, name = numpy_compat.read_name(module, name)
     if not renames:
         return module, name
     exact = renames.get(f"{module}.{name}")
@@ -343,6 +347,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def load_build(self) -> None:
         target = self.stack[-2]
+        self.stack[-1] = numpy_compat.build_state(target, self.stack[-1])
         self._building(type(target), super().load_build)  # type: ignore[misc]
         if isinstance(target, np.dtype):
             problem = layout_problem(target)
@@ -378,6 +383,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 f"{self._source}: cannot import {dotted}: {exc} (the archive is intact; if the "
                 f"class moved or was renamed, pass renames={{{dotted!r}: 'new.module.Name'}})"
             ) from exc
+        obj = numpy_compat.READ_HELPERS.get(dotted, obj)
         self._names.setdefault(id(obj), dotted)
         return obj
 
@@ -393,7 +399,7 @@ def restricted_unpickler(
 ) -> pickle._Unpickler:
     """An unpickler over ``file`` that refuses untrusted globals as it meets them.
 
-    ``renames`` and the Python 2 / numpy 1 name mappings apply as in
+    ``renames`` and the Python 2 / numpy name mappings apply as in
     :func:`audit_pickle`; ``unsafe=True`` imports any name; ``persistent_load``
     resolves persistent ids. Byte strings of Python 2 pickles decode as latin-1.
     Every ``BUILD`` of a dtype is checked against numpy's constructor
