@@ -8,9 +8,9 @@ versions lack. Measured with plain ``pickle`` between numpy 1.23 (Theano
   and ``.scalar``; 1.24 and 1.25 have no ``numpy._core``. Every version imports
   ``numpy.core.multiarray`` (numpy 2 keeps these two there for old pickles,
   without a warning).
-- aligned record dtypes: numpy 2 pickles their flags as ``144``, which numpy 1
-  refuses (a signed byte); numpy 1 writes ``-112``, which numpy 2 reads as 16
-  (the aligned-struct flag dropped).
+- record dtypes: numpy 2 pickles an aligned one's flags as ``144`` (2.5 adds
+  0x100 to records with gaps), which numpy 1 refuses (a signed byte); numpy 1
+  writes ``-112``, which numpy 2 reads as 16 (the aligned-struct flag dropped).
 - datetime dtypes: numpy 2.4 pickles their metadata as ``None``, from which
   every earlier version builds a dtype whose ``.metadata`` raises TypeError
   (``numpy.save`` of its arrays too); the others write ``{}``.
@@ -81,6 +81,12 @@ _SCALAR_TYPES = {
 }
 """Every name a numpy scalar type has had in some version (``numpy.<name>``) -> the type."""
 
+_ALIGNED_STRUCT = 0x80
+"""The highest dtype flag numpy 1 knows, its sign bit when pickled. numpy 2.5
+adds ``NPY_NOT_TRIVIALLY_COPYABLE`` (0x100), a copying hint numpy 1 cannot
+hold and not written here: without it numpy 2.5 copies whole items, as it does
+for records it builds from a list."""
+
 
 def _takes_none_metadata() -> bool:
     """Whether this numpy builds a sound datetime dtype from metadata ``None``."""
@@ -131,8 +137,8 @@ def _dtype_state(state: Any, *, signed_flags: bool, none_metadata: bool) -> Any:
     if type(state) is not tuple or len(state) < 8 or type(state[7]) is not int:
         return state
     flags = state[7]
-    if signed_flags and 0x80 <= flags < 0x100:
-        flags -= 0x100
+    if signed_flags and not -0x80 <= flags < 0x80:
+        flags = (flags & 0xFF) - (0x100 if flags & _ALIGNED_STRUCT else 0)  # numpy 1's byte
     elif not signed_flags and -0x80 <= flags < 0:
         flags += 0x100
     datetime = state[8] if state[0] == 4 and len(state) == 9 else None

@@ -156,7 +156,8 @@ def test_aligned_dtypes_keep_their_flag_from_numpy1s_signed_flags() -> None:
     numpy1 = pickle.dumps(aligned, 0).replace(b"I144\n", b"I-112\n")
     assert not pickle.loads(numpy1).isalignedstruct
     loaded = load_pickle(numpy1, source="numpy1.pkl")
-    assert loaded == aligned and loaded.isalignedstruct and loaded.flags == aligned.flags
+    assert loaded == aligned and loaded.isalignedstruct
+    assert loaded.flags & 0xFF == aligned.flags & 0xFF  # numpy 2.5 adds a copying hint, 0x100
 
 
 OTHER_CORE = "numpy.core" if numpy_compat.NUMPY2 else "numpy._core"
