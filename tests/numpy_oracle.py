@@ -9,10 +9,9 @@ and describe the states with the same code. Every command prints JSON:
 - ``write-native``: every case in our archive layout, pickled with numpy's own
   reductions (plain ``pickle``), as this library wrote before its pickles
   named only what every numpy has;
-- ``write-theano``: ``theano.misc.pkl_utils.dump`` of every case (no object
-  arrays: Theano writes those as pickled NPY members, which ``storage.load``
-  reads only with ``unsafe=True``);
-- ``read-ours``: ``storage.load`` (safe) of every archive in FOLDER;
+- ``write-theano``: ``theano.misc.pkl_utils.dump`` of every case;
+- ``read-ours``: ``storage.load`` of every archive in FOLDER, safe but for
+  Theano's object arrays (:data:`PICKLED_MEMBERS`);
 - ``read-theano``: ``theano.misc.pkl_utils.load`` of every archive in FOLDER;
 - ``versions``: the numpy and Theano (or None) this interpreter has.
 
@@ -36,7 +35,9 @@ import numpy as np
 
 PROTOCOLS = (2, 5)
 CASES = ("scalars", "dtypes", "scalar_types", "object_arrays", "generators", "legacy_random")
-THEANO_CASES = tuple(case for case in CASES if case != "object_arrays")
+PICKLED_MEMBERS = "object_arrays-theano"
+"""Archives whose object arrays are pickled NPY members (Theano writes them so):
+``storage.load`` reads them only with ``unsafe=True``, and so does ``read-ours``."""
 
 
 def _advanced(rng: Any) -> Any:
@@ -202,8 +203,7 @@ def write_theano(folder: str) -> dict[str, Any]:
 
     written = {}
     for protocol in PROTOCOLS:
-        for case in THEANO_CASES:
-            state = cases()[case]
+        for case, state in cases().items():
             name = f"{case}-theano-p{protocol}.zip"
             with open(os.path.join(folder, name), "wb") as f:
                 pkl_utils.dump(state, f, protocol=protocol)
@@ -214,7 +214,10 @@ def write_theano(folder: str) -> dict[str, Any]:
 def read_ours(folder: str) -> dict[str, Any]:
     from luigi_checkpoint import storage
 
-    return _read(folder, storage.load)
+    def load(path: str) -> Any:
+        return storage.load(path, unsafe=os.path.basename(path).startswith(PICKLED_MEMBERS))
+
+    return _read(folder, load)
 
 
 def read_theano(folder: str) -> dict[str, Any]:
