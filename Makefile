@@ -3,7 +3,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test oracles demo bench soak clean
+# Extra test lanes: the lowest and highest Pythons that requires-python admits,
+# each in its own venv (.venv-3.10, ...) bootstrapped like .venv. `make test`
+# runs the full suite on $(PYTHON) and QUICK_TESTS on each of these; a version
+# that cannot be found fails the run (PYTHON_3.10=/path/to/python3.10 points at
+# one; EXTRA_PYTHONS= leaves the extra lanes out on purpose).
+EXTRA_PYTHONS ?= 3.10 3.13
+EXTRA_VENVS := $(EXTRA_PYTHONS:%=.venv-%)
+EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
+
+# The quick selection (under two minutes a lane): the archive and
+# snapshot formats, npy, zip I/O, trust and safe loading, fs, the store, the
+# CLI, targets, training, export, the README's examples. Left to the default
+# lane: slow tests, and the files that are heavy and exercise no more of the
+# interpreter (luigid clusters, soak campaigns and their S3 fault proxy,
+# the campaigns' regressions, make demo, the benchmark).
+QUICK_MARKERS ?= not soak and not slow
+QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py
+QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
+
+.PHONY: test $(EXTRA_PYTHONS:%=test-%) oracles demo bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +31,31 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# Finds Python X.Y: $(PYTHON_X.Y) if set, else pythonX.Y on PATH if it runs,
+# else pyenv's newest installed X.Y; anything else is an error, never a skip.
+$(EXTRA_VENVS:%=%/bin/python): .venv-%/bin/python:
+	@v=$*; py='$(PYTHON_$*)'; \
+	if [ -z "$$py" ] && python$$v -c '' >/dev/null 2>&1; then py=python$$v; fi; \
+	if [ -z "$$py" ] && command -v pyenv >/dev/null 2>&1 && pv=$$(pyenv latest $$v 2>/dev/null); then \
+	  py="$$(pyenv root)/versions/$$pv/bin/python$$v"; fi; \
+	if [ -z "$$py" ] || [ "$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$$v" ]; then \
+	  echo "error: no Python $$v found (tried PYTHON_$$v, python$$v on PATH, pyenv): the test lanes need $(EXTRA_PYTHONS)." >&2; \
+	  echo "Install it, pass PYTHON_$$v=/path/to/python$$v, or leave the lane out with EXTRA_PYTHONS=." >&2; \
+	  exit 1; fi; \
+	echo "$$py -m venv .venv-$$v"; "$$py" -m venv .venv-$$v
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+
+# The extra venvs take aiobotocore, boto3, botocore and s3transfer at the
+# versions .venv resolved: left to itself pip backtracks through hundreds of
+# boto3 releases to find one that aiobotocore's botocore pin accepts (most of
+# a 2-minute install). If those versions do not install on X.Y, pip resolves
+# on its own.
+$(EXTRA_STAMPS): .venv-%/.installed-test: pyproject.toml | .venv-%/bin/python $(STAMP)
+	{ $(BIN)/python -m pip freeze --exclude-editable | grep -iE '^(aiobotocore|boto3|botocore|s3transfer)==' || true; } > .venv-$*/constraints.txt
+	.venv-$*/bin/python -m pip install --quiet -c .venv-$*/constraints.txt -e '.[test]' \
+	  || .venv-$*/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
 
 # Oracles of the cross-version tests (tests/test_numpy_versions.py), each in
 # its own venv: the oldest numpy that pyproject.toml allows (with this package)
@@ -40,8 +84,39 @@ $(VENV_THEANO)/.installed:
 
 oracles: $(ORACLE_STAMPS)
 
-test: $(STAMP) $(ORACLE_STAMPS)
-	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
+quick_lane = .venv-$(1)/bin/python -m pytest $(QUICK_TESTS) $(PYTEST_ARGS)
+
+# ZIP tools of other authors that the interop tests write and check archives
+# with (zip, unzip, 7z, bsdtar), from Debian when they are missing.
+INTEROP_TOOLS := zip unzip 7z bsdtar
+TOOLS_STAMP := $(VENV)/.installed-tools
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(TOOLS_STAMP): | $(BIN)/python
+	@missing=; for tool in $(INTEROP_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing the ZIP tools the interop tests use (missing:$$missing)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zip unzip p7zip-full libarchive-tools >/dev/null; \
+	fi
+	touch $@
+
+# Every lane runs even if an earlier one failed; the failed ones are named at
+# the end. The extra interpreters are looked up first, so a missing one stops
+# the run at once.
+test: $(EXTRA_VENVS:%=%/bin/python) $(STAMP) $(TOOLS_STAMP) $(EXTRA_STAMPS) $(ORACLE_STAMPS)
+	@failed=; \
+	echo "== full suite on Python $$($(BIN)/python -c 'import platform; print(platform.python_version())')"; \
+	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS) || failed="$$failed default"; \
+	for v in $(EXTRA_PYTHONS); do \
+	  echo "== quick selection on Python $$v:" '$(QUICK_TESTS)'; \
+	  $(call quick_lane,$$v) || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test: failed lanes:$$failed" >&2; exit 1; fi
+
+# One extra lane alone, e.g. `make test-3.13 PYTEST_ARGS=-x`.
+$(EXTRA_PYTHONS:%=test-%): test-%: .venv-%/.installed-test $(TOOLS_STAMP) $(ORACLE_STAMPS)
+	$(call quick_lane,$*)
 
 # The demo: train the MLP on local disk under ./runs with a planned crash at
 # step 120 (the retry resumes from checkpoint 100), export today's snapshot to
@@ -71,4 +146,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak.run $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_NUMPY_OLDEST) $(VENV_THEANO) runs exports .pytest_cache
+	rm -rf $(VENV) .venv-* runs exports .pytest_cache
