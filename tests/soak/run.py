@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import concurrency, crash, diskfull, faults, fuzz, hostile, luigi_kill
+from . import big, concurrency, crash, diskfull, faults, fuzz, hostile, luigi_kill
 from .env import SoakEnv, create_bucket, moto_server
 from .report import CampaignResult, findings_text, table
 from .scale import FULL, QUICK, Scale
@@ -33,6 +33,7 @@ CAMPAIGNS: dict[str, Campaign] = {
     "concurrency-local": lambda scale, env: concurrency.run(scale, env, "local"),
     "concurrency-s3": lambda scale, env: concurrency.run(scale, env, "s3"),
     "luigi": luigi_kill.run,
+    "big": big.run,
 }
 
 

@@ -28,6 +28,7 @@ class Scale:
     luigi_trials: int
     luigi_steps: int
     probe_depths: tuple[int, ...]
+    big_bytes: tuple[int, ...]
 
 
 FULL = Scale(
@@ -44,6 +45,7 @@ FULL = Scale(
     luigi_trials=30,
     luigi_steps=200,
     probe_depths=(100_000, 1_000_000),
+    big_bytes=((4 << 30) + 16 * MB + 3,),
 )
 
 QUICK = Scale(
@@ -60,4 +62,5 @@ QUICK = Scale(
     luigi_trials=2,
     luigi_steps=100,
     probe_depths=(100_000,),
+    big_bytes=(16 * MB + 1, 32 * MB + 3),
 )
