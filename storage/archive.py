@@ -122,7 +122,9 @@ def check_trusted(frozen: Frozen, trusted: Iterable[Any], where: str) -> None:
     would refuse it (checked before writing, so no archive holds such a state)."""
     found = trust.audit_pickle(frozen.pickle, trusted=trusted, source=where)
     if found.untrusted:
-        raise UntrustedTypeError(where, found.untrusted, "pass them in trusted=[...] when saving and loading")
+        raise UntrustedTypeError(
+            where, found.untrusted, "pass them in trusted=[...] when saving and loading", refusing="save"
+        )
 
 
 def dump(

@@ -91,10 +91,14 @@ class UntrustedTypeError(UnloadableArchiveError, TypeError):
         source: str,
         names: Iterable[str],
         way_out: str = "pass trusted=[...] or register_trusted(...) to allow them",
+        *,
+        refusing: str = "load",
     ) -> None:
         self.source = source
         self.names = sorted(set(names))
-        super().__init__(f"{source}: refusing to load untrusted types: {', '.join(self.names)} ({way_out})")
+        super().__init__(
+            f"{source}: refusing to {refusing} untrusted types: {', '.join(self.names)} ({way_out})"
+        )
 
 
 class StorageError(CheckpointError, OSError):

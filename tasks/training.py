@@ -197,8 +197,9 @@ class TrainingTask(luigi.Task):
             store.save(step, state, metadata, block=block, trusted=self.trusted_types)
         except UntrustedTypeError as exc:
             raise UntrustedTypeError(
-                exc.source, exc.names, f"a resume would refuse this state; {self._trust_hint()}"
-            ) from exc
+                exc.source, exc.names, f"a resume would refuse this state; {self._trust_hint()}",
+                refusing="save",
+            ) from None
         except StepExistsError as exc:
             # Another worker runs this very run (same parameters, so the same
             # arrays), or a damaged leftover holds the name. The final step
