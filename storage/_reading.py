@@ -21,7 +21,7 @@ import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -88,7 +88,7 @@ class ArchiveSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def errors(self) -> Any:
+    def errors(self) -> AbstractContextManager[None]:
         """A context in which parse errors become ArchiveError and transport
         failures StorageError, both naming this source."""
         return _reading_errors(self.source)
