@@ -32,7 +32,9 @@ _SHORT_STRINGS = 64
 """Counted arguments of a one-byte length below this are matched by the expression."""
 
 
-def _opcode_classes() -> tuple[re.Pattern[bytes], dict[int, int]]:
+def _opcode_classes(memo_bits: int) -> tuple[re.Pattern[bytes], dict[int, int]]:
+    """The run expression (``LONG_BINPUT`` below ``2**memo_bits`` included) and
+    the counted opcodes' length sizes."""
     fixed: dict[int, list[bytes]] = {}
     line, two_lines, counted = [], [], {}
     for opcode in pickletools.opcodes:
@@ -59,13 +61,23 @@ def _opcode_classes() -> tuple[re.Pattern[bytes], dict[int, int]]:
 
     parts = [one_of(codes) + (b".{%d}" % size if size else b"") for size, codes in sorted(fixed.items())]
     parts += [one_of(line) + rb"[^\n]*\n", one_of(two_lines) + rb"[^\n]*\n[^\n]*\n"]
-    short = [code for code, size in counted.items() if size == 1]
-    parts += [re.escape(bytes([code, n])) + (b".{%d}" % n if n else b"")
-              for code in short for n in range(_SHORT_STRINGS)]
+    lengths = b"|".join(re.escape(bytes([n])) + (b".{%d}" % n if n else b"") for n in range(_SHORT_STRINGS))
+    parts += [re.escape(bytes([code])) + b"(?:" + lengths + b")"
+              for code, size in counted.items() if size == 1]
+    lengths4 = b"|".join(re.escape(n.to_bytes(4, "little")) + (b".{%d}" % n if n else b"")
+                         for n in range(_SHORT_STRINGS))
+    parts += [re.escape(bytes([code])) + b"(?:" + lengths4 + b")"
+              for code, size in counted.items() if size == 4]
+    if memo_bits:
+        parts.append(b"r..[\x00-" + re.escape(bytes([(1 << (memo_bits - 16)) - 1])) + b"]\x00")
     return re.compile(b"(?:" + b"|".join(parts) + b")*+", re.DOTALL), counted
 
 
-_RUN, _COUNTED = _opcode_classes()
+_RUN, _COUNTED = _opcode_classes(0)
+_BIG_MEMO_BITS = 20
+_RUN_BIG, _ = _opcode_classes(_BIG_MEMO_BITS)
+"""For streams of at least ``2**20`` bytes: ``LONG_BINPUT`` below ``2**20``
+(a table of 16 MiB at most) needs no Python code."""
 
 
 def check_framing(data: bytes, source: str) -> None:
@@ -77,7 +89,7 @@ def check_framing(data: bytes, source: str) -> None:
         Naming ``source``, the offset and the index.
     """
     bound, end, pos = len(data), len(data), 0
-    run, counted = _RUN.match, _COUNTED
+    run, counted = (_RUN_BIG if end >> _BIG_MEMO_BITS else _RUN).match, _COUNTED
     while pos < end:
         pos = run(data, pos).end()  # type: ignore[union-attr]  # *+ always matches
         if pos >= end:

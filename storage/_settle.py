@@ -102,6 +102,8 @@ def _fix_inside(obj: Any, fix: Any, load: Load) -> None:
 
 
 def _fix_items(target: Any, items: Any, fix: Any) -> None:
+    if type(target) is list and _LEAVES.issuperset(map(type, target)):
+        return  # nothing but leaves (counted at C speed)
     for index, item in items:
         if type(item) not in _LEAVES:
             new = fix(item)
