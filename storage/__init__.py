@@ -27,6 +27,7 @@ from .errors import (
     StorageError,
     TruncatedArchiveError,
     UnloadableArchiveError,
+    UnsupportedArrayError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
@@ -53,6 +54,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
     "VerifyReport",
     "audit",

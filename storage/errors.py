@@ -30,6 +30,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
 ]
 
@@ -99,6 +100,11 @@ class UntrustedTypeError(UnloadableArchiveError, TypeError):
         super().__init__(
             f"{source}: refusing to {refusing} untrusted types: {', '.join(self.names)} ({way_out})"
         )
+
+
+class UnsupportedArrayError(CheckpointError, TypeError):
+    """A framework array cannot be saved as an NPY member (a sparse or quantized
+    tensor, a dtype with no numpy layout); the message says how to convert it."""
 
 
 class StorageError(CheckpointError, OSError):
