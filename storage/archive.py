@@ -71,6 +71,10 @@ FORMAT_VERSION = 1
 PICKLE = "pkl"
 MANIFEST = _manifest.MEMBER
 ID_KINDS = ("ndarray", "cuda_ndarray", "gpuarray", *frameworks.KINDS)
+_ARRAY_BUILDERS = ("multiarray._reconstruct", "numeric._frombuffer")
+"""numpy's helpers that rebuild an array from data inside the pickle (beside
+``numpy.ndarray`` itself and ``numpy.ma``)."""
+_FRAMEWORK_MODULES = ("torch", "jax", "jaxlib", "cupy", "tensorflow")
 
 
 def write_frozen(
@@ -300,6 +304,19 @@ class Archive:
         with self._source.errors():
             data = self._source.reader.read(PICKLE)
             return trust.audit_pickle(data, trusted=trusted, renames=renames, source=self.source)
+
+    def hidden_arrays(self) -> list[str]:
+        """Globals of the pickle that build array data inside it, not from a
+        member: numpy's array reconstructors (object arrays, ndarray subclasses)
+        and framework code (tensors pickled by their framework). Empty when
+        every array of the state is a member."""
+        return [
+            name for name in self.audit().globals
+            if name == "numpy.ndarray"
+            or name.startswith("numpy.ma.")
+            or (name.startswith("numpy.") and name.endswith(_ARRAY_BUILDERS))
+            or name.split(".", 1)[0] in _FRAMEWORK_MODULES
+        ]
 
     def _check_member(self, name: str) -> None:
         array = name not in (PICKLE, MANIFEST)
