@@ -21,7 +21,7 @@ EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
 # tests (torch's CPU wheel is on hand for the default Python only).
 QUICK_MARKERS ?= not soak and not slow
 QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py \
-  test_torch_archive.py
+  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py
 QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 
 .PHONY: test $(EXTRA_PYTHONS:%=test-%) oracles demo bench soak clean

@@ -5,6 +5,7 @@ were without trusting any torch pickle code."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,7 @@ from luigi_checkpoint.storage.archive import audit, dump, load, read_manifest
 from luigi_checkpoint.storage.errors import ArchiveError, UnloadableArchiveError, UnsupportedArrayError
 
 from .conftest import Root
+from .test_readme import examples, run_example
 
 # numpy's name of the bits that hold each torch dtype numpy lacks
 BITS = {
@@ -226,3 +228,33 @@ def test_checkpoint_store_saves_torch_states_in_the_background(root: Root) -> No
     assert step == 1
     for key, tensor in expected.items():
         assert same_bits(back["model"][key], tensor)
+
+
+def test_readme_torch_examples_run(tmp_path: Path) -> None:
+    assert examples("torch")
+    for code in examples("torch"):
+        run_example(code, tmp_path)
+
+
+def test_theano_reads_a_torch_state_as_numpy_arrays(tmp_path: Path) -> None:
+    python = Path(__file__).resolve().parents[1] / ".venv-theano" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing: `make oracles` installs it", pytrace=False)
+    state = training_state()
+    dump(state, tmp_path / "a.zip")
+    script = (
+        "import json, sys\nfrom theano.misc.pkl_utils import load\n"
+        "with open(sys.argv[1], 'rb') as f:\n    state = load(f)\n"
+        "print(json.dumps({'weight': state['model']['0.weight'].tolist(),"
+        " 'generator': state['generator'].tolist(), 'step': state['step'],"
+        " 'exp_avg': state['optimizer']['state'][2]['exp_avg'].tolist()}))\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "THEANO_FLAGS": f"cxx=,blas.ldflags=,base_compiledir={tmp_path / 'theano'}"}
+    done = subprocess.run([str(python), "-c", script, str(tmp_path / "a.zip")], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = json.loads(done.stdout)
+    assert read["weight"] == state["model"]["0.weight"].tolist() and read["step"] == 2
+    assert read["generator"] == state["generator"].get_state().tolist()
+    assert read["exp_avg"] == state["optimizer"]["state"][2]["exp_avg"].tolist()
