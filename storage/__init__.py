@@ -20,6 +20,7 @@ from .errors import (
     CheckpointNotFoundError,
     ChecksumError,
     CorruptPickleError,
+    HiddenArraysError,
     MissingMemberError,
     NotAnArchiveError,
     ObjectExistsError,
@@ -28,6 +29,7 @@ from .errors import (
     TotalStepsError,
     TruncatedArchiveError,
     UnloadableArchiveError,
+    UnsupportedArrayError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
@@ -48,6 +50,7 @@ __all__ = [
     "CheckpointStore",
     "ChecksumError",
     "CorruptPickleError",
+    "HiddenArraysError",
     "History",
     "Location",
     "MissingMemberError",
@@ -59,6 +62,7 @@ __all__ = [
     "TotalStepsError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
     "VerifyReport",
     "audit",
