@@ -137,11 +137,18 @@ class _Names:
         if self.auditing:  # an audit runs none of the caller's code
             return _PLACEHOLDER
         obj = _import(dotted, self.load.source)
+        # the caller's code gets real objects: the classes and numpy objects, not our stand-ins
+        def call(load: Load, *args: Any, **kwargs: Any) -> Any:
+            return obj(*settle(args, load), **settle(kwargs, load))
+
         if isinstance(obj, type):
             self.load.trusted_types.add(obj)
-            return Rule(obj, lambda load, *a, **k: obj(*a, **k),
-                        lambda load, *a, **k: obj.__new__(obj, *a, **k), caller_trusted=True)
-        return Rule(obj, lambda load, *a, **k: obj(*a, **k), caller_trusted=True)
+
+            def new(load: Load, *args: Any, **kwargs: Any) -> Any:
+                return obj.__new__(obj, *settle(args, load), **settle(kwargs, load))
+
+            return Rule(obj, call, new, caller_trusted=True)
+        return Rule(obj, call, caller_trusted=True)
 
 
 def _placeholder(load: Load, *args: Any, **kwargs: Any) -> Placeholder:
