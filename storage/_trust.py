@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import _numpy_compat as numpy_compat
-from ._constructors import BUILTIN_RULES, Load, Placeholder, Rule, make_maker
+from ._constructors import BUILTIN_RULES, Load, Placeholder, Rule, make_maker, unbuildable
 from ._framing import check_framing
 from ._numpy_constructors import NUMPY_RULES
 from ._random_constructors import RANDOM_RULES
@@ -201,15 +201,8 @@ def _run(file: IO[bytes], data: bytes, names: _Names, persistent_load: Persisten
             raise
         refusing = _callers_code(exc)
         if refusing is not None:
-            raise UnloadableArchiveError(
-                f"{load.source}: cannot build {refusing}: {type(exc).__name__}: {exc} (the archive "
-                "is intact; the class no longer accepts the state it saved: make it accept the old "
-                "state, for example a default in __setstate__, or run the code that wrote it)"
-            ) from exc
+            raise unbuildable(load.source, refusing, exc) from exc
         raise load.corrupt(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        del unpickler
-        names.makers.clear()
     if load.refused:
         raise UntrustedTypeError(load.source, load.refused)
     return settle(result, load) if load.made else result
