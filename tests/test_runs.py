@@ -24,7 +24,7 @@ from luigi_checkpoint.storage.plot import PNG_SIZE
 from luigi_checkpoint.storage.runs import read_run_record
 
 from .conftest import Root, make_root
-from .helpers_luigi import ForkedBuild, resumed_step, write_cfg, BASE
+from .helpers_luigi import BASE, ForkedBuild, resumed_step, wait_for, write_cfg
 from .test_cli import cli_options, run
 
 PARAMS = {"hidden": "16", "samples": 256, "features": 8, "batch_size": 16, "seed": 5, "checkpoint_every": 20}
@@ -204,3 +204,21 @@ def test_ckpt_prune_keep_best(tmp_path: Path) -> None:
     maximizing = run("prune", store.root_url, "--keep-best", "1", "--monitor", "loss", "--mode", "max",
                      "--dry-run")
     assert maximizing.stdout.splitlines()[-1] == "would remove 2, kept 1: 50"
+
+
+def test_a_running_run_is_running_and_turns_stale_when_killed(tmp_path: Path) -> None:
+    params = {**PARAMS, "checkpoint_root": str(tmp_path / "runs"), "total_steps": 100_000, "checkpoint_every": 0,
+              "checkpoint_seconds": 0.2, "status_seconds": 0.1, "step_delay": 0.01}
+    build = ForkedBuild.start(TrainMLP, params, cfg=write_cfg(tmp_path / "luigi.cfg", BASE), log=tmp_path / "run.log")
+
+    def state() -> str | None:
+        runs = list_runs(tmp_path / "runs")
+        return runs[0].state if runs and runs[0].latest_step is not None else None
+
+    wait_for(lambda: state() == "running", what="the run to be listed as running with a checkpoint")
+    build.kill()
+    wait_for(lambda: state() == "stale", what="the killed run to turn stale")
+    [stale] = list_runs(tmp_path / "runs")
+    assert stale.latest_step is not None and stale.latest_step < 100_000
+    result = run("runs", str(tmp_path / "runs"))
+    assert result.stdout.splitlines()[1].split()[2] == "stale"
