@@ -12,7 +12,7 @@ Run it with Luigi (``configs/luigi.cfg``: local scheduler, ./runs, retries)::
     export LUIGI_CONFIG_PATH=configs/luigi.cfg
     luigi --module luigi_checkpoint.pipeline.mlp TrainMLP --total-steps 1000 --hidden 256,256
     luigi --module luigi_checkpoint.pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
-    luigi --module luigi_checkpoint.pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
+    luigi --module luigi_checkpoint.pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 --param-name date \
         --of-params '{"total_steps": 1000, "hidden": "256,256"}'
 
 A hyperparameter sweep (one run and one export per grid point; with a central
@@ -140,7 +140,9 @@ def sgd_step(
 class TrainMLP(TrainingTask):
     """Train the MLP classifier; the output is the final checkpoint."""
 
-    total_steps = luigi.IntParameter(default=300, description="number of SGD steps")
+    total_steps = luigi.IntParameter(
+        default=300, significant=False, description="number of SGD steps (raise it to extend the run)"
+    )
     checkpoint_every = luigi.IntParameter(
         default=50, significant=False, description="save every this many steps"
     )
