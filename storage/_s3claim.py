@@ -83,7 +83,10 @@ def _try_claim(fs: AbstractFileSystem, path: str, generation: int) -> bool:
 
 
 def _acquire(fs: AbstractFileSystem, path: str) -> int:
-    """Claim ``path``: the generation this writer holds."""
+    """Claim ``path``: the generation this writer holds. Uncontended, one
+    request: the conditional complete that follows finds an existing object."""
+    if _try_claim(fs, path, 0):
+        return 0
     seen: tuple[int, str] | None = None
     seen_since = time.monotonic()
     while True:
