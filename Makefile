@@ -17,9 +17,11 @@ EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
 # CLI, targets, training, export, the README's examples. Left to the default
 # lane: slow tests, and the files that are heavy and exercise no more of the
 # interpreter (luigid clusters, soak campaigns and their S3 fault proxy,
-# the campaigns' regressions, make demo, the benchmark).
+# the campaigns' regressions, make demo, the benchmark), and the framework
+# tests (torch's CPU wheel is on hand for the default Python only).
 QUICK_MARKERS ?= not soak and not slow
-QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py
+QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py \
+  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py
 QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 
 # The S3 lane: the S3 cases of the store, the CLI, the Luigi targets and
@@ -32,14 +34,16 @@ S3_LANE_FILES ?= test_checkpoints.py test_cli.py test_targets.py test_training.p
 S3_LANE := -m "not soak" -k "s3 or S3" $(S3_LANE_FILES:%=tests/%)
 s3_lane = LUIGI_CHECKPOINT_S3=$(S3_LANE_SERVER) $(BIN)/python -m pytest $(S3_LANE) $(PYTEST_ARGS)
 
-.PHONY: test test-s3 $(EXTRA_PYTHONS:%=test-%) oracles demo bench soak clean
+.PHONY: test test-s3 $(EXTRA_PYTHONS:%=test-%) oracles demo bench bench-torch soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The default lane also installs the framework extras (torch's CPU wheel,
+# scikit-learn: about 30 s), whose tests run there only.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,torch,sklearn]'
 	touch $(STAMP)
 
 # Finds Python X.Y: $(PYTHON_X.Y) if set, else pythonX.Y on PATH if it runs,
@@ -157,6 +161,11 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# A torch training state (model + Adam, 1 GiB) saved and loaded by our archive
+# and by torch.save / torch.load(weights_only=True), side by side.
+bench-torch: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.torch_state $(BENCH_TORCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak.run $(SOAK_ARGS)

@@ -20,6 +20,7 @@ from .errors import (
     CheckpointNotFoundError,
     ChecksumError,
     CorruptPickleError,
+    HiddenArraysError,
     MissingMemberError,
     NotAnArchiveError,
     ObjectExistsError,
@@ -27,6 +28,7 @@ from .errors import (
     StorageError,
     TruncatedArchiveError,
     UnloadableArchiveError,
+    UnsupportedArrayError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
@@ -45,6 +47,7 @@ __all__ = [
     "CheckpointStore",
     "ChecksumError",
     "CorruptPickleError",
+    "HiddenArraysError",
     "Location",
     "MissingMemberError",
     "NotAnArchiveError",
@@ -53,6 +56,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
     "VerifyReport",
     "audit",

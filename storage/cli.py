@@ -178,11 +178,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     fields.append(("metadata", json.dumps(manifest.get("metadata", {}), sort_keys=True)))
     lines = [f"{label:<10}{value}" for label, value in fields]
     arrays = manifest["arrays"]
-    rows = [[a["name"], a["dtype"], tuple(a["shape"]), _size(a["nbytes"])] for a in arrays]
+    rows = [[a["name"], _dtype(a), tuple(a["shape"]), _size(a["nbytes"])] for a in arrays]
     total = sum(a["nbytes"] for a in arrays)
     lines += ["", _table(["NAME", "DTYPE", "SHAPE", "SIZE"], rows),
               f"{len(arrays)} arrays, {_size(total)}"]
     _emit(args, manifest, "\n".join(lines))
+
+
+def _dtype(entry: Mapping[str, Any]) -> str:
+    """An array's dtype as its framework names it (``torch.bfloat16 (<u2)``)."""
+    if "framework" not in entry:
+        return entry["dtype"]
+    what = entry.get("framework_dtype") or entry.get("type")
+    return f"{entry['framework']}.{what} ({entry['dtype']})"
 
 
 def _verify_file(location: Location) -> list[str]:

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChecksumError",
     "CorruptPickleError",
+    "HiddenArraysError",
     "MissingMemberError",
     "NotAnArchiveError",
     "ObjectExistsError",
@@ -30,6 +31,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
 ]
 
@@ -99,6 +101,17 @@ class UntrustedTypeError(UnloadableArchiveError, TypeError):
         super().__init__(
             f"{source}: refusing to {refusing} untrusted types: {', '.join(self.names)} ({way_out})"
         )
+
+
+class UnsupportedArrayError(CheckpointError, TypeError):
+    """A framework array cannot be saved as an NPY member (a sparse or quantized
+    tensor, a dtype with no numpy layout); the message says how to convert it."""
+
+
+class HiddenArraysError(CheckpointError, ValueError):
+    """An archive's pickle holds array data that is not an array member (an
+    object array, an ndarray subclass, a tensor pickled by its framework), so
+    a numpy-only snapshot of its members would silently lack it."""
 
 
 class StorageError(CheckpointError, OSError):

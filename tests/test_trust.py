@@ -31,14 +31,7 @@ from luigi_checkpoint.storage.errors import (
     UnloadableArchiveError,
     UntrustedTypeError,
 )
-from luigi_checkpoint.storage._trust import (
-    MAX_DEPTH,
-    Audit,
-    audit_pickle,
-    load_pickle,
-    register_trusted,
-    restricted_unpickler,
-)
+from luigi_checkpoint.storage._trust import Audit, audit_pickle, load_pickle, register_trusted
 
 from .helpers_archive import assert_same
 from .soak.mutations import forged_dtype_pickles, record_of_objects
@@ -337,16 +330,14 @@ def no_side_effects(tmp_path: Path) -> Any:
     assert not marker.exists()
 
 
-def _refuse(data: bytes, *, unpickler_too: bool = True) -> list[str]:
-    """Assert ``data`` is refused (and refused again by the bare unpickler) importing nothing."""
+def _refuse(data: bytes) -> list[str]:
+    """Assert ``data`` is refused importing nothing, and that the audit says the same."""
     modules = set(sys.modules)
     with pytest.raises(UntrustedTypeError) as info:
         load_pickle(data, source="evil.pkl")
     assert "evil.pkl" in str(info.value)
-    if unpickler_too:
-        with pytest.raises(UntrustedTypeError):
-            restricted_unpickler(io.BytesIO(data), source="evil.pkl").load()
     assert set(sys.modules) - modules == set()
+    assert list(audit_pickle(data).untrusted) == info.value.names
     return info.value.names
 
 
@@ -410,36 +401,46 @@ def test_all_untrusted_names_are_listed_in_one_error(no_side_effects: Path) -> N
                              "subprocess.Popen"]
 
 
-def test_extension_codes_resolve_through_the_copyreg_registry(no_side_effects: Path) -> None:
+def test_extension_codes_are_refused_registered_or_not(no_side_effects: Path) -> None:
     cmd = f"touch {shlex.quote(str(no_side_effects))}"
     ext1 = b"\x80\x02\x82\xf1" + _short_str(cmd) + b"\x85R."
-    ext2 = b"\x80\x02\x83\xf0\xf0" + _short_str(cmd) + b"\x85R."
-    assert _refuse(ext1, unpickler_too=False) == ["<extension code 241>"]
+    ext2 = b"\x80\x02\x83\xf0\xf0" + b")\x85R."
     copyreg.add_extension("os", "system", 0xF1)
     copyreg.add_extension("builtins", "dict", 0xF0F0)
     try:
-        assert _refuse(ext1) == ["os.system"]
-        assert audit_pickle(ext2) == Audit(("builtins.dict",), ())
+        for data in (ext1, ext2, ext1):  # the unpickler's process-wide cache never answers
+            for reader in (load_pickle, audit_pickle):
+                with pytest.raises(CorruptPickleError, match="evil.pkl: .*extension code"):
+                    reader(data, source="evil.pkl")
     finally:
         copyreg.remove_extension("os", "system", 0xF1)
         copyreg.remove_extension("builtins", "dict", 0xF0F0)
 
 
-def test_stack_global_with_computed_operands_is_refused(no_side_effects: Path) -> None:
+def test_stack_global_with_computed_operands_resolves_like_any_other(no_side_effects: Path) -> None:
     str_os = _short_str("builtins") + _short_str("str") + b"\x93" + _short_str("os") + b"\x85R"
     data = b"\x80\x04" + str_os + _short_str("system") + b"\x93" + _short_str("true") + b"\x85R."
-    assert _refuse(data) == ["<dynamic global>"]
+    assert _refuse(data) == ["os.system"]
 
 
 @pytest.mark.parametrize("via_memo", [False, True])
-def test_setting_attributes_on_a_trusted_class_is_refused(
-    via_memo: bool, no_side_effects: Path
-) -> None:
+def test_setting_attributes_on_a_global_is_refused(via_memo: bool, no_side_effects: Path) -> None:
     counter = b"\x80\x02ccollections\nCounter\n" + (b"q\x000h\x00" if via_memo else b"")
     data = counter + b"N}X\x05\x00\x00\x00pwnedK\x01s\x86b."
-    refused = _refuse(data, unpickler_too=False)
-    assert refused == ["collections.Counter (BUILD sets its attributes)"]
+    for reader in (load_pickle, audit_pickle):
+        with pytest.raises(CorruptPickleError, match="evil.pkl: .*BUILD of the global collections.Counter"):
+            reader(data, source="evil.pkl")
     assert not hasattr(collections.Counter, "pwned")
+
+
+@pytest.mark.parametrize("build", [b"N}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b",
+                                   b"}X\x05\x00\x00\x00pwnedK\x01sb"])
+def test_setting_attributes_on_a_trusted_class_or_function_is_refused(build: bytes) -> None:
+    for name in ("Model", "_called"):
+        data = f"\x80\x02c{__name__}\n{name}\n".encode("latin1") + build + b"."
+        with pytest.raises(CorruptPickleError, match=f"BUILD of the global {__name__}.{name}"):
+            load_pickle(data, source="evil.pkl", trusted=[f"{__name__}.{name}"])
+    assert not hasattr(Model, "pwned") and _called.__defaults__ is None
 
 
 # ----------------------------------------------------------- malformed input
@@ -501,7 +502,7 @@ def test_mutated_pickles_only_raise_checkpoint_errors(protocol: int) -> None:
             assert "fuzz.pkl" in str(exc)
 
 
-@pytest.mark.parametrize("put", [b"q\xff", b"r\x00\x00\x00\x40", b"p1073741824\n"])
+@pytest.mark.parametrize("put", [b"r\x00\x00\x00\x40", b"p1073741824\n"])
 def test_memo_index_beyond_the_stream_is_refused_before_allocating(put: bytes) -> None:
     data = b"\x80\x04N" + put + b"."
     with pytest.raises(CorruptPickleError, match="bomb.pkl.*beyond the size"):
@@ -545,7 +546,7 @@ ASKING = {
     "object array of 10**6 items from an empty list": _called(
         RECONSTRUCT, NDARRAY, b"K\x00\x85C\x01b") + b"(K\x01J@B\x0f\x00\x85"
         + _called(_g("numpy", "dtype"), b"X\x02\x00\x00\x00O8") + b"\x89]tb",
-    "bytearray copies of one memoized bytes": b"C\xff" + b"x" * 255 + b"q\x01("
+    "bytearray copies of one memoized bytes": b"B\x00\x00\x01\x00" + b"x" * 65536 + b"q\x01("
         + _called(_g("builtins", "bytearray"), b"h\x01") * 200 + b"l",
 }
 
@@ -585,24 +586,24 @@ def test_forged_dtypes_are_refused(name: str) -> None:
         load_pickle(FORGED[name], source="forged.pkl")
 
 
-@pytest.mark.parametrize("name", [name for name in sorted(FORGED) if "rebuilt" not in name])
-def test_the_unpickler_alone_refuses_dtypes_no_constructor_makes(name: str) -> None:
-    unpickler = restricted_unpickler(io.BytesIO(FORGED[name]), source="forged.pkl")
-    with pytest.raises(CorruptPickleError, match="forged.pkl: malformed pickle: dtype .* numpy"):
-        unpickler.load()
+def test_a_dtype_rebuilt_with_copy_false_changes_only_its_own_copy() -> None:
+    data = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x89\x87R(K\x03X\x01\x00\x00\x00>NNN"
+            b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+    assert load_pickle(data, source="f8.pkl") == np.dtype(">f8")
+    assert np.dtype("f8").byteorder == "="
 
 
-def test_a_dtype_built_twice_is_refused_by_the_audit() -> None:
+def test_a_dtype_built_twice_is_refused() -> None:
     state = pickle.dumps(np.dtype([("x", "f8")]), protocol=2)
     twice = state[:-1] + state[state.index(b"R") + 3:-1] + b"."  # BUILD with the same state again
-    with pytest.raises(CorruptPickleError, match="numpy.dtype built again or after use"):
+    with pytest.raises(CorruptPickleError, match="twice.pkl: .*built again or after use"):
         audit_pickle(twice, source="twice.pkl")
 
 
 def test_an_array_filled_from_a_list_needs_a_dtype_of_stated_size() -> None:
     data = _called(RECONSTRUCT, NDARRAY, b"K\x00\x85C\x01b") + b"(K\x01K\x01\x85" + _called(
         _g("numpy", "dtype"), b"X\x0b\x00\x00\x00(1000000,)O") + b"\x89]Natb."
-    with pytest.raises(CorruptPickleError, match="dtype whose size the stream does not state"):
+    with pytest.raises(CorruptPickleError, match="s.pkl: malformed pickle: numpy.dtype of"):
         load_pickle(b"\x80\x02" + data, source="s.pkl")
 
 
@@ -611,7 +612,7 @@ def test_trusted_callables_asked_for_sizes_are_refused_before_allocating(name: s
     data = b"\x80\x02" + ASKING[name] + b"."
     tracemalloc.start()
     try:
-        with pytest.raises(CorruptPickleError, match="big.pkl: pickle asks trusted callables"):
+        with pytest.raises(CorruptPickleError, match="big.pkl: malformed pickle: "):
             load_pickle(data, source="big.pkl")
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -650,11 +651,14 @@ def test_persistent_ids_go_to_the_callers_loader() -> None:
         load_pickle(buf.getvalue(), source="p", persistent_load={}.__getitem__)
 
 
-def test_streams_nested_deeper_than_any_pickler_writes_are_refused() -> None:
-    deep = b"\x80\x02" + b"]" * (MAX_DEPTH + 1) + b"."
-    with pytest.raises(CorruptPickleError, match="nested deeper than"):
-        load_pickle(deep, source="deep.pkl")
-    nested: list[Any] = []
+def test_streams_nested_deeper_than_any_pickler_writes_load_in_linear_time() -> None:
+    depth = 100_000
+    deep = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    loaded, levels = load_pickle(deep, source="deep.pkl"), 0
+    while loaded:
+        loaded, levels = loaded[0], levels + 1
+    assert levels == depth - 1
+    nested: list[Any] = [np.dtype("f4")]
     for _ in range(200):
         nested = [nested]
     assert load_pickle(pickle.dumps(nested, protocol=5), source="ok.pkl") == nested
