@@ -101,7 +101,8 @@ oracles: $(ORACLE_STAMPS)
 quick_lane = .venv-$(1)/bin/python -m pytest $(QUICK_TESTS) $(PYTEST_ARGS)
 
 # ZIP tools of other authors that the interop tests write and check archives
-# with (zip, unzip, 7z, bsdtar), from Debian when they are missing.
+# with (zip, unzip, 7z, bsdtar), and the headless Chromium that renders
+# luigid's page in a test, from Debian when they are missing.
 INTEROP_TOOLS := zip unzip 7z bsdtar
 TOOLS_STAMP := $(VENV)/.installed-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -113,6 +114,10 @@ $(TOOLS_STAMP): | $(BIN)/python
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zip unzip p7zip-full libarchive-tools >/dev/null; \
 	fi
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
+	  echo "installing chromium-headless-shell (tests/test_scheduler_view.py renders luigid's page)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; }
 	touch $@
 
 # Every lane runs even if an earlier one failed; the failed ones are named at

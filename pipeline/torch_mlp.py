@@ -52,7 +52,7 @@ def make_model(features: int, hidden: int, classes: int, dropout: float) -> torc
 class TrainTorchMLP(TrainingTask):
     """Train the torch MLP classifier; the output is the final checkpoint."""
 
-    total_steps = luigi.IntParameter(default=300, description="number of Adam steps")
+    total_steps = luigi.IntParameter(default=300, significant=False, description="number of Adam steps (raise it to extend the run)")
     checkpoint_every = luigi.IntParameter(default=50, significant=False, description="save every this many steps")
     hidden = luigi.IntParameter(default=64, description="hidden layer width")
     seed = luigi.IntParameter(default=0, description="seed of the data, the initialization and the batches")

@@ -2,7 +2,7 @@
 snapshots and atomic fsspec writes; usable without Luigi.
 
 The public modules are :mod:`.archive`, :mod:`.checkpoints`, :mod:`.snapshot`,
-:mod:`.fs`, :mod:`.errors` and :mod:`.cli` (``ckpt``); modules whose names
+:mod:`.fs`, :mod:`.runs`, :mod:`.history`, :mod:`.errors` and :mod:`.cli` (``ckpt``); modules whose names
 start with an underscore are internal.
 """
 
@@ -26,12 +26,15 @@ from .errors import (
     ObjectExistsError,
     StepExistsError,
     StorageError,
+    TotalStepsError,
     TruncatedArchiveError,
     UnloadableArchiveError,
     UnsupportedArrayError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
+from .history import History, read_history
+from .runs import RunInfo, list_runs
 from .snapshot import load_snapshot, read_snapshot_manifest, save_snapshot, snapshot_from_archive
 
 __all__ = [
@@ -48,12 +51,15 @@ __all__ = [
     "ChecksumError",
     "CorruptPickleError",
     "HiddenArraysError",
+    "History",
     "Location",
     "MissingMemberError",
     "NotAnArchiveError",
     "ObjectExistsError",
+    "RunInfo",
     "StepExistsError",
     "StorageError",
+    "TotalStepsError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
     "UnsupportedArrayError",
@@ -61,10 +67,12 @@ __all__ = [
     "VerifyReport",
     "audit",
     "dump",
+    "list_runs",
     "load",
     "load_snapshot",
     "open_archive",
     "read_arrays",
+    "read_history",
     "read_manifest",
     "read_snapshot_manifest",
     "register_trusted",

@@ -41,7 +41,7 @@ from typing import Any
 from .errors import CheckpointError, CorruptPickleError, UnloadableArchiveError
 
 __all__ = ["BUDGET_PER_BYTE", "BUILTIN_RULES", "Load", "Pending", "Placeholder", "Rule", "is_made",
-           "make_maker", "rule_of", "settled"]
+           "make_maker", "rule_of", "settled", "unbuildable"]
 
 BUDGET_PER_BYTE = 16
 """Units (items copied, bytes allocated) a load may spend per byte of stream:
@@ -145,6 +145,15 @@ class _Maker(type):
         return cls._run("call", args, kwargs)  # type: ignore[attr-defined]
 
 
+def unbuildable(source: str, name: str, exc: Exception) -> UnloadableArchiveError:
+    """The error for a caller-trusted class ``name`` that refused its state."""
+    return UnloadableArchiveError(
+        f"{source}: cannot build {name}: {type(exc).__name__}: {exc} (the archive is intact; the "
+        "class no longer accepts the state it saved: make it accept the old state, for example a "
+        "default in __setstate__, or run the code that wrote it)"
+    )
+
+
 def make_maker(name: str, rule: Rule, load: Load) -> type:
     """The class the unpickler gets for global ``name`` in ``load``."""
 
@@ -162,11 +171,7 @@ def make_maker(name: str, rule: Rule, load: Load) -> type:
             raise
         except Exception as exc:
             if rule.caller_trusted:
-                raise UnloadableArchiveError(
-                    f"{load.source}: cannot build {name}: {type(exc).__name__}: {exc} (the archive "
-                    "is intact; the class no longer accepts the state it saved: make it accept the "
-                    "old state, for example a default in __setstate__, or run the code that wrote it)"
-                ) from exc
+                raise unbuildable(load.source, name, exc) from exc
             raise load.corrupt(f"{name}: {type(exc).__name__}: {exc}") from exc
 
     def new(cls: type, *args: Any, **kwargs: Any) -> Any:

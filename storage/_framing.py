@@ -5,7 +5,8 @@ table by the largest index a ``LONG_BINPUT`` or ``PUT`` names: an eight-byte
 stream asking for index 2**29 makes it allocate and clear 8 GiB. Nothing it
 calls back (``find_class``, ``persistent_load``) sees those opcodes, so
 :func:`check_framing` walks the opcodes first and refuses a memo index beyond
-the size of the stream, and extension codes (``EXT1/2/4``), whose globals the
+the size of the stream, lengths (of strings, bytes, integers and frames)
+beyond its end, which it allocates before reading, and extension codes (``EXT1/2/4``), whose globals the
 unpickler caches for the whole process, so a later load would not resolve
 them again. It interprets nothing else: what the stream builds is
 validated by the constructors it names (:mod:`luigi_checkpoint.storage._trust`).
@@ -28,18 +29,19 @@ __all__ = ["check_framing"]
 
 _LONG_BINPUT, _PUT = ord("r"), ord("p")
 _EXTENSIONS = (b"\x82", b"\x83", b"\x84")  # EXT1, EXT2, EXT4
+_FRAME = b"\x95"
 _SHORT_STRINGS = 64
 """Counted arguments of a one-byte length below this are matched by the expression."""
 
 
 def _opcode_classes(memo_bits: int) -> tuple[re.Pattern[bytes], dict[int, int]]:
     """The run expression (``LONG_BINPUT`` below ``2**memo_bits`` included) and
-    the counted opcodes' length sizes."""
+    the counted opcodes' length sizes (negative: a signed length)."""
     fixed: dict[int, list[bytes]] = {}
     line, two_lines, counted = [], [], {}
     for opcode in pickletools.opcodes:
         code, arg = opcode.code.encode("latin1"), opcode.arg
-        if code in (b"r", b"p", b".", *_EXTENSIONS):
+        if code in (b"r", b"p", b".", _FRAME, *_EXTENSIONS):
             continue
         if arg is None or arg.n >= 0:
             fixed.setdefault(0 if arg is None else arg.n, []).append(code)
@@ -49,7 +51,9 @@ def _opcode_classes(memo_bits: int) -> tuple[re.Pattern[bytes], dict[int, int]]:
             line.append(code)
         elif arg.n == pickletools.TAKEN_FROM_ARGUMENT1:
             counted[code[0]] = 1
-        elif arg.n in (pickletools.TAKEN_FROM_ARGUMENT4, pickletools.TAKEN_FROM_ARGUMENT4U):
+        elif arg.n == pickletools.TAKEN_FROM_ARGUMENT4:
+            counted[code[0]] = -4  # signed
+        elif arg.n == pickletools.TAKEN_FROM_ARGUMENT4U:
             counted[code[0]] = 4
         elif arg.n == pickletools.TAKEN_FROM_ARGUMENT8U:
             counted[code[0]] = 8
@@ -67,7 +71,7 @@ def _opcode_classes(memo_bits: int) -> tuple[re.Pattern[bytes], dict[int, int]]:
     lengths4 = b"|".join(re.escape(n.to_bytes(4, "little")) + (b".{%d}" % n if n else b"")
                          for n in range(_SHORT_STRINGS))
     parts += [re.escape(bytes([code])) + b"(?:" + lengths4 + b")"
-              for code, size in counted.items() if size == 4]
+              for code, size in counted.items() if abs(size) == 4]
     if memo_bits:
         parts.append(b"r..[\x00-" + re.escape(bytes([(1 << (memo_bits - 16)) - 1])) + b"]\x00")
     return re.compile(b"(?:" + b"|".join(parts) + b")*+", re.DOTALL), counted
@@ -96,8 +100,15 @@ def check_framing(data: bytes, source: str) -> None:
             return
         op = data[pos]
         size = counted.get(op)
-        if size is not None:
-            pos += 1 + size + int.from_bytes(data[pos + 1 : pos + 1 + size], "little")
+        if size is not None or op == _FRAME[0]:
+            signed, size = size is not None and size < 0, abs(size or 8)
+            length = int.from_bytes(data[pos + 1 : pos + 1 + size], "little", signed=signed)
+            if not 0 <= length <= end - pos - 1 - size:
+                raise CorruptPickleError(
+                    f"{source}: malformed pickle: a length of {length} bytes at offset {pos}, beyond "
+                    f"the end of the stream ({end} bytes): it would make the unpickler allocate that much"
+                )
+            pos += 1 + size + (length if op != _FRAME[0] else 0)
             continue
         if op == _LONG_BINPUT:
             index, pos = int.from_bytes(data[pos + 1 : pos + 5], "little"), pos + 5

@@ -128,3 +128,7 @@ class ObjectExistsError(CheckpointError, FileExistsError):
 
 class StepExistsError(ObjectExistsError):
     """A checkpoint of this step already exists."""
+
+
+class TotalStepsError(CheckpointError, ValueError):
+    """A training task's ``total_steps`` is below its run's newest checkpoint."""

@@ -25,15 +25,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from luigi_checkpoint.storage.checkpoints import CheckpointStore, archive_name
 from luigi_checkpoint.storage.errors import (
+    CheckpointError,
     CorruptPickleError,
     MissingMemberError,
     UnloadableArchiveError,
     UntrustedTypeError,
 )
-from luigi_checkpoint.storage._trust import Audit, audit_pickle, load_pickle, register_trusted
+from luigi_checkpoint.storage._trust import Audit, audit_pickle, load_pickle, load_prefix, register_trusted
 
 from .helpers_archive import assert_same
+from .soak.families import family_archive, family_pickles
 from .soak.mutations import forged_dtype_pickles, record_of_objects
 
 PROTOCOLS = [0, 2, 4, 5]
@@ -662,3 +665,89 @@ def test_streams_nested_deeper_than_any_pickler_writes_load_in_linear_time() -> 
     for _ in range(200):
         nested = [nested]
     assert load_pickle(pickle.dumps(nested, protocol=5), source="ok.pkl") == nested
+
+
+# ------------------------------------------- the five families of trusted-name attacks
+
+FAMILIES = family_pickles(random.Random(13))
+FAMILY_NAMES = sorted({family for family, _ in FAMILIES.values()})
+
+
+def _family(name: str) -> dict[str, bytes]:
+    return {label: data for label, (family, data) in FAMILIES.items() if family == name}
+
+
+def _family_archive(path: Path, family: str, data: bytes, manifest: bool = True) -> Path:
+    path.write_bytes(family_archive(family, data, manifest=manifest))
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_each_family_is_refused_in_bounded_memory(family: str) -> None:
+    member = np.zeros(2)
+    streams = _family(family)
+    assert len(streams) >= 5
+    for label, data in streams.items():
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptPickleError, match="f.pkl"):
+                if family == "gpuarray prefix":
+                    load_prefix(data, source="f.pkl")
+                else:
+                    load_pickle(data, source="f.pkl", persistent_load=lambda pid: member)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 20, label
+    assert not hasattr(collections.Counter, "pwned") and copyreg._reconstructor.__defaults__ is None
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_each_family_is_refused_through_every_surface(family: str, tmp_path: Path) -> None:
+    from luigi_checkpoint import storage
+
+    for index, (label, data) in enumerate(sorted(_family(family).items())[::3]):
+        run = tmp_path / f"run-{index}"
+        run.mkdir()
+        path = _family_archive(run / archive_name(1), family, data)
+        with pytest.raises(CheckpointError):
+            storage.load(path)
+        with pytest.raises(CheckpointError):
+            CheckpointStore(str(run)).restore()
+        if family == "gpuarray prefix":
+            path = _family_archive(run / "theano.zip", family, data, manifest=False)
+            with pytest.raises(CheckpointError, match="gpuarray context name"):
+                storage.read_arrays(path)
+            assert storage.open_archive(path).verify(), label
+            with pytest.raises(CheckpointError, match="gpuarray context name"):
+                storage.load(path)
+        else:
+            assert storage.read_arrays(path)["a"].tolist() == [0.0, 0.0]
+        if family not in ("gpuarray prefix", "build on member"):  # the audit reads no member
+            with pytest.raises(CorruptPickleError):  # the audit is the load's own pass
+                storage.audit(path)
+    cli = [sys.executable, "-m", "luigi_checkpoint.storage.cli"]
+    verify = subprocess.run([*cli, "verify", str(path)], capture_output=True, text=True, timeout=120)
+    assert verify.returncode == (1 if family == "gpuarray prefix" else 0), verify.stdout + verify.stderr
+    audit = subprocess.run([*cli, "audit", str(path)], capture_output=True, text=True, timeout=120)
+    expected = 0 if family in ("gpuarray prefix", "build on member") else 1
+    assert audit.returncode == expected and "Traceback" not in audit.stderr, audit.stdout + audit.stderr
+
+
+def test_a_restored_generator_is_valid_or_refused() -> None:
+    """Every random state numpy can hold loads and draws; every other is refused."""
+    rng = random.Random(5)
+    for name in ("MT19937", "PCG64", "PCG64DXSM", "Philox", "SFC64"):
+        for _ in range(20):
+            bits = getattr(np.random, name)(rng.randrange(2**32))
+            state = bits.state
+            if "pos" in state["state"]:
+                state["state"]["pos"] = rng.randrange(0, 625)
+            if "buffer_pos" in state:
+                state["buffer_pos"] = rng.randrange(0, 5)
+            if "has_uint32" in state:
+                state["has_uint32"], state["uinteger"] = rng.randrange(2), rng.randrange(2**32)
+            bits.state = state
+            generator = np.random.Generator(bits)
+            loaded = load_pickle(pickle.dumps(generator), source="g.pkl")
+            assert loaded.random(3).tolist() == generator.random(3).tolist()
