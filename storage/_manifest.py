@@ -60,8 +60,9 @@ def new(kind: str, version: int, where: str, **fields: Any) -> dict[str, Any]:
 
 
 def to_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The member's bytes."""
-    return json.dumps(manifest, indent=1).encode("utf8")
+    """The member's bytes: one line (json's C encoder; indenting takes its
+    Python one, 10 us per array of the manifest)."""
+    return json.dumps(manifest).encode("utf8")
 
 
 def parse(data: bytes | None, where: str, *, kind: str, version: int) -> dict[str, Any]:

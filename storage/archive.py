@@ -209,7 +209,7 @@ class Archive:
         def persistent_load(pid: Any) -> np.ndarray:
             kind, name = _parse_id(archive, pid)
             if name not in arrays:
-                stream = self._gpuarray(name, kind == "gpuarray")
+                stream = self._gpuarray(name, True) if kind == "gpuarray" else None
                 arrays[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
             return arrays[name]
 
