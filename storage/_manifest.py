@@ -13,6 +13,7 @@ misread a new file; readers accept every version up to their own.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Mapping
@@ -29,7 +30,8 @@ __all__ = ["MEMBER", "new", "parse", "parse_time", "to_bytes"]
 MEMBER = "manifest.json"
 
 
-def _library_version() -> str:
+@functools.cache
+def _library_version() -> str:  # reading the installed metadata takes milliseconds
     try:
         return importlib_metadata.version("luigi-checkpoint")
     except importlib_metadata.PackageNotFoundError:
