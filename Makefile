@@ -17,19 +17,23 @@ EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
 # CLI, targets, training, export, the README's examples. Left to the default
 # lane: slow tests, and the files that are heavy and exercise no more of the
 # interpreter (luigid clusters, soak campaigns and their S3 fault proxy,
-# the campaigns' regressions, make demo, the benchmark).
+# the campaigns' regressions, make demo, the benchmark), and the framework
+# tests (torch's CPU wheel is on hand for the default Python only).
 QUICK_MARKERS ?= not soak and not slow
-QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py
+QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py \
+  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py
 QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 
-.PHONY: test $(EXTRA_PYTHONS:%=test-%) oracles demo bench soak clean
+.PHONY: test $(EXTRA_PYTHONS:%=test-%) oracles demo bench bench-torch soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The default lane also installs the framework extras (torch's CPU wheel,
+# scikit-learn: about 30 s), whose tests run there only.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,torch,sklearn]'
 	touch $(STAMP)
 
 # Finds Python X.Y: $(PYTHON_X.Y) if set, else pythonX.Y on PATH if it runs,
@@ -87,7 +91,8 @@ oracles: $(ORACLE_STAMPS)
 quick_lane = .venv-$(1)/bin/python -m pytest $(QUICK_TESTS) $(PYTEST_ARGS)
 
 # ZIP tools of other authors that the interop tests write and check archives
-# with (zip, unzip, 7z, bsdtar), from Debian when they are missing.
+# with (zip, unzip, 7z, bsdtar), and the headless Chromium that renders
+# luigid's page in a test, from Debian when they are missing.
 INTEROP_TOOLS := zip unzip 7z bsdtar
 TOOLS_STAMP := $(VENV)/.installed-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -99,6 +104,10 @@ $(TOOLS_STAMP): | $(BIN)/python
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zip unzip p7zip-full libarchive-tools >/dev/null; \
 	fi
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
+	  echo "installing chromium-headless-shell (tests/test_scheduler_view.py renders luigid's page)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; }
 	touch $@
 
 # Every lane runs even if an earlier one failed; the failed ones are named at
@@ -141,6 +150,11 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+# A torch training state (model + Adam, 1 GiB) saved and loaded by our archive
+# and by torch.save / torch.load(weights_only=True), side by side.
+bench-torch: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.torch_state $(BENCH_TORCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak.run $(SOAK_ARGS)

@@ -140,7 +140,9 @@ def sgd_step(
 class TrainMLP(TrainingTask):
     """Train the MLP classifier; the output is the final checkpoint."""
 
-    total_steps = luigi.IntParameter(default=300, description="number of SGD steps")
+    total_steps = luigi.IntParameter(
+        default=300, significant=False, description="number of SGD steps (raise it to extend the run)"
+    )
     checkpoint_every = luigi.IntParameter(
         default=50, significant=False, description="save every this many steps"
     )

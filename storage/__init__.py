@@ -2,7 +2,7 @@
 snapshots and atomic fsspec writes; usable without Luigi.
 
 The public modules are :mod:`.archive`, :mod:`.checkpoints`, :mod:`.snapshot`,
-:mod:`.fs`, :mod:`.errors` and :mod:`.cli` (``ckpt``); modules whose names
+:mod:`.fs`, :mod:`.runs`, :mod:`.history`, :mod:`.errors` and :mod:`.cli` (``ckpt``); modules whose names
 start with an underscore are internal.
 """
 
@@ -20,16 +20,21 @@ from .errors import (
     CheckpointNotFoundError,
     ChecksumError,
     CorruptPickleError,
+    HiddenArraysError,
     MissingMemberError,
     NotAnArchiveError,
     ObjectExistsError,
     StepExistsError,
     StorageError,
+    TotalStepsError,
     TruncatedArchiveError,
     UnloadableArchiveError,
+    UnsupportedArrayError,
     UntrustedTypeError,
 )
 from .fs import Location, resolve
+from .history import History, read_history
+from .runs import RunInfo, list_runs
 from .snapshot import load_snapshot, read_snapshot_manifest, save_snapshot, snapshot_from_archive
 
 __all__ = [
@@ -45,22 +50,29 @@ __all__ = [
     "CheckpointStore",
     "ChecksumError",
     "CorruptPickleError",
+    "HiddenArraysError",
+    "History",
     "Location",
     "MissingMemberError",
     "NotAnArchiveError",
     "ObjectExistsError",
+    "RunInfo",
     "StepExistsError",
     "StorageError",
+    "TotalStepsError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
     "VerifyReport",
     "audit",
     "dump",
+    "list_runs",
     "load",
     "load_snapshot",
     "open_archive",
     "read_arrays",
+    "read_history",
     "read_manifest",
     "read_snapshot_manifest",
     "register_trusted",

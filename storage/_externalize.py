@@ -1,9 +1,11 @@
-"""Pickling with every numpy array moved out of the pickle, and named.
+"""Pickling with every numpy and framework array moved out of the pickle, and named.
 
 :func:`freeze` pickles an object with a pickler whose ``persistent_id``
 replaces each plain ``np.ndarray`` / ``np.memmap`` (without object dtype) by
-the text ``ndarray.<name>``; the arrays themselves are returned alongside,
-in the order the pickler met them, to be written as NPY members.
+the text ``ndarray.<name>``, and each torch tensor, parameter and generator
+by ``torch.<name>`` (:mod:`luigi_checkpoint.storage._frameworks`); the arrays
+themselves are returned alongside, in the order the pickler met them, to be
+written as NPY members, with the manifest fields of framework members.
 
 Names say where an array sits (``model/W``, ``optimizer/velocity/0``,
 ``rng/state/key``). Before pickling, the object is walked the way the pickler
@@ -32,11 +34,12 @@ import io
 import pickle
 import re
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import _frameworks as frameworks
 from . import _numpy_compat as numpy_compat
 
 __all__ = ["Frozen", "externalizable", "freeze"]
@@ -62,12 +65,15 @@ def externalizable(obj: object) -> bool:
 class Frozen:
     """A pickled object and its externalized arrays, ready to be written.
 
-    ``arrays`` are ``(member name, array)`` pairs in pickling order.
+    ``arrays`` are ``(member name, array)`` pairs in pickling order;
+    ``entries`` holds, by member name, the manifest fields of framework
+    members (what the array was: framework, type, dtype...).
     """
 
     pickle: bytes
     arrays: tuple[tuple[str, np.ndarray], ...]
     protocol: int
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def freeze(
@@ -87,7 +93,7 @@ def freeze(
     which are already in memory (no allocation, no page faults).
     Pickling errors propagate unchanged.
     """
-    walk = _Walk(protocol)
+    walk = _Walk(protocol, frameworks.framework_types())
     walk.run(obj)
     buffer = io.BytesIO()
     pickler: _FastPickler | _PortablePickler = _FastPickler(buffer, protocol, walk)
@@ -101,7 +107,7 @@ def freeze(
     if copy:
         spare = dict(reuse.arrays) if reuse is not None else {}
         arrays = [(name, _copy(array, spare.get(name))) for name, array in arrays]
-    return Frozen(buffer.getvalue(), tuple(arrays), protocol)
+    return Frozen(buffer.getvalue(), tuple(arrays), protocol, pickler.entries)
 
 
 def _copy(array: np.ndarray, spare: np.ndarray | None) -> np.ndarray:
@@ -120,21 +126,22 @@ def _component(key: object) -> str | None:
 class _Walk:
     """Depth-first walk recording array paths and cached reduce values."""
 
-    def __init__(self, protocol: int) -> None:
+    def __init__(self, protocol: int, framework_types: frozenset[type]) -> None:
         self.protocol = protocol
+        self.framework_types = framework_types
         self.paths: dict[int, str] = {}
         self.reductions: dict[int, tuple[Any, ...]] = {}
         self._alive: dict[int, object] = {}  # keeps ids unique while names are in use
 
     def run(self, root: object) -> None:
         stack: list[tuple[object, tuple[str, ...]]] = [(root, ())]
-        alive, paths = self._alive, self.paths
+        alive, paths, framework_types = self._alive, self.paths, self.framework_types
         while stack:  # runs once per object of the state: kept lean
             obj, path = stack.pop()
             key = id(obj)
             if key in alive:
                 continue
-            if externalizable(obj):
+            if externalizable(obj) or type(obj) in framework_types:
                 alive[key] = obj
                 paths[key] = "/".join(path)
                 continue
@@ -199,26 +206,39 @@ class _NeedsPortableNames(Exception):
 
 
 class _Externalizing:
-    """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids and
-    reduces objects once (the walk's reductions), numpy's in the forms every
-    supported numpy reads. Mixed into a pickler class."""
+    """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids (and
+    framework arrays by ``<framework>.<name>``) and reduces objects once (the
+    walk's reductions), numpy's in the forms every supported numpy reads.
+    Mixed into a pickler class."""
 
     def __init__(self, file: io.BytesIO, protocol: int, walk: _Walk) -> None:
         super().__init__(file, protocol=protocol)  # type: ignore[call-arg]
         self._walk = walk
-        self._names: dict[int, str] = {}
+        self._ids: dict[int, str] = {}  # id of each object made a member -> its persistent id
         self._used: set[str] = set(RESERVED)
         self.arrays: list[tuple[str, np.ndarray]] = []
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._kept: list[object] = []  # framework objects met: keeps their ids from being reused
 
     def persistent_id(self, obj: Any) -> str | None:
-        if not externalizable(obj):
+        framework = type(obj) in self._walk.framework_types
+        if not framework and not externalizable(obj):
             return None
-        name = self._names.get(id(obj))
-        if name is None:
-            name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
-            self._names[id(obj)] = name
+        pid = self._ids.get(id(obj))
+        if pid is not None:
+            return pid
+        name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
+        if framework:
+            member = frameworks.as_member(obj)
+            pid = f"{member.kind}.{name}"
+            self.arrays.append((name, member.array))
+            self.entries[name] = member.entry
+            self._kept.append(obj)
+        else:
+            pid = f"ndarray.{name}"
             self.arrays.append((name, obj))  # also keeps the id from being reused
-        return f"ndarray.{name}"
+        self._ids[id(obj)] = pid
+        return pid
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) in _PICKLED_BY_TYPE:

@@ -25,13 +25,15 @@ import numpy as np
 
 from .errors import ArchiveError, MissingMemberError, UnloadableArchiveError
 
-__all__ = ["MEMBER", "new", "parse", "parse_time", "to_bytes"]
+__all__ = ["MEMBER", "library_version", "new", "parse", "parse_time", "to_bytes"]
 
 MEMBER = "manifest.json"
 
 
 @functools.cache
-def _library_version() -> str:  # reading the installed metadata takes milliseconds
+def library_version() -> str:
+    """The installed version of luigi-checkpoint ("unknown" when not installed;
+    read once: the installed metadata takes milliseconds to read)."""
     try:
         return importlib_metadata.version("luigi-checkpoint")
     except importlib_metadata.PackageNotFoundError:
@@ -48,7 +50,7 @@ def new(kind: str, version: int, where: str, **fields: Any) -> dict[str, Any]:
     manifest = {
         "format": f"luigi-checkpoint/{kind}",
         "format_version": version,
-        "library_version": _library_version(),
+        "library_version": library_version(),
         "python_version": platform.python_version(),
         "numpy_version": np.__version__,
         "created": datetime.now(timezone.utc).isoformat(),

@@ -32,12 +32,10 @@ load draws fresh entropy, as it always did with numpy 1 pickles), and a bit
 generator shared by two objects comes back as two copies.
 
 Reading, what any version wrote: :func:`read_name` maps ``numpy.core`` and
-``numpy._core`` and the scalar type names to the running numpy's spelling,
-:data:`READ_HELPERS` stand in for numpy's random pickling helpers and accept
-every version's arguments, and :func:`build_state` turns a state into the form
-the running numpy's ``__setstate__`` takes (numpy 2's bit generator tuple on
-numpy 1; dtype flags as each numpy reads them, the aligned flag kept; a
-datetime's metadata ``{}`` where ``None`` breaks the dtype).
+``numpy._core`` and the scalar type names to the running numpy's spelling; the
+loader's own constructors take every version's arguments and states
+(:mod:`luigi_checkpoint.storage._numpy_constructors`,
+:mod:`luigi_checkpoint.storage._random_constructors`).
 """
 
 from __future__ import annotations
@@ -47,10 +45,8 @@ from typing import Any
 
 import numpy as np
 from numpy.random import _pickle as _random_pickle
-from numpy.random.bit_generator import BitGenerator
 
-__all__ = ["CORE", "NUMPY2", "READ_HELPERS", "build_state", "global_name", "read_name",
-           "reduction"]
+__all__ = ["BIT_GENERATORS", "CORE", "NUMPY2", "global_name", "read_name", "reduction"]
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2
 CORE = "numpy._core" if NUMPY2 else "numpy.core"
@@ -58,7 +54,7 @@ CORE = "numpy._core" if NUMPY2 else "numpy.core"
 _OTHER_CORE = "numpy.core" if NUMPY2 else "numpy._core"
 _multiarray = importlib.import_module(f"{CORE}.multiarray")
 
-_BIT_GENERATORS = {cls.__name__: cls for cls in (
+BIT_GENERATORS = {cls.__name__: cls for cls in (
     np.random.MT19937, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)}
 """numpy's bit generators, by the name every version's pickling helpers take."""
 _GENERATOR_CTOR = getattr(_random_pickle, "__generator_ctor")
@@ -88,19 +84,6 @@ hold and not written here: without it numpy 2.5 copies whole items, as it does
 for records it builds from a list."""
 
 
-def _takes_none_metadata() -> bool:
-    """Whether this numpy builds a sound datetime dtype from metadata ``None``."""
-    dtype = np.dtype("M8", False, True)
-    dtype.__setstate__((4, "<", None, None, None, -1, -1, 0, (None, (b"s", 1, 1, 1))))
-    try:
-        return dtype.metadata is None
-    except TypeError:  # numpy < 2.4 made a mappingproxy of None
-        return False
-
-
-_TAKES_NONE_METADATA = _takes_none_metadata()
-
-
 # ------------------------------------------------------------------ writing
 
 
@@ -109,15 +92,15 @@ def reduction(obj: Any) -> tuple[Any, ...] | None:
     numpy's random generators and the dtypes numpy 2 pickles otherwise; None
     for anything else (its own reduction is read everywhere, names aside)."""
     kind = type(obj)
-    if kind is np.random.Generator and type(obj.bit_generator) in _BIT_GENERATORS.values():
+    if kind is np.random.Generator and type(obj.bit_generator) in BIT_GENERATORS.values():
         state = obj.bit_generator.state
         return _GENERATOR_CTOR, (state["bit_generator"],), state
-    if kind in _BIT_GENERATORS.values():
+    if kind in BIT_GENERATORS.values():
         state = obj.state
         return _BIT_GENERATOR_CTOR, (state["bit_generator"],), state
     if kind is np.random.RandomState:
         state = obj.get_state(legacy=False)
-        if state["bit_generator"] in _BIT_GENERATORS:
+        if state["bit_generator"] in BIT_GENERATORS:
             return _RANDOMSTATE_CTOR, (state["bit_generator"],), state
         return None
     if isinstance(obj, np.dtype):
@@ -168,47 +151,3 @@ def read_name(module: str, name: str) -> tuple[str, str]:
     if module == "numpy" and name in _SCALAR_TYPES:
         return module, _SCALAR_TYPES[name].__name__
     return module, name
-
-
-def _bit_generator(spec: Any) -> BitGenerator:
-    """numpy.random._pickle.__bit_generator_ctor of any version: a new bit
-    generator of one of numpy's classes, given by name (numpy 1) or class (2)."""
-    known = _BIT_GENERATORS.get(spec) if isinstance(spec, str) else None
-    if isinstance(spec, type) and spec in _BIT_GENERATORS.values():
-        known = spec
-    if known is None:
-        raise ValueError(f"{spec!r} is not one of numpy's bit generators {sorted(_BIT_GENERATORS)}")
-    return known()
-
-
-def _bits(spec: Any, bit_generator_ctor: Any) -> BitGenerator:
-    if isinstance(spec, BitGenerator):  # numpy 2 passes the bit generator itself
-        return spec
-    return (bit_generator_ctor or _bit_generator)(spec)
-
-
-def _generator(bit_generator_name: Any = "MT19937", bit_generator_ctor: Any = None) -> Any:
-    """numpy.random._pickle.__generator_ctor of any version."""
-    return np.random.Generator(_bits(bit_generator_name, bit_generator_ctor))
-
-
-def _randomstate(bit_generator_name: Any = "MT19937", bit_generator_ctor: Any = None) -> Any:
-    """numpy.random._pickle.__randomstate_ctor of any version."""
-    return np.random.RandomState(_bits(bit_generator_name, bit_generator_ctor))
-
-
-READ_HELPERS = {
-    "numpy.random._pickle.__generator_ctor": _generator,
-    "numpy.random._pickle.__bit_generator_ctor": _bit_generator,
-    "numpy.random._pickle.__randomstate_ctor": _randomstate,
-}
-"""What the unpickler calls for numpy's random pickling helpers (by dotted name)."""
-
-
-def build_state(target: Any, state: Any) -> Any:
-    """``state`` for ``BUILD`` of ``target``, in the form the running numpy takes."""
-    if isinstance(target, BitGenerator) and not NUMPY2 and type(state) is tuple and len(state) == 2:
-        return state[0]  # numpy 2's (state, seed sequence): numpy 1 keeps no seed sequence
-    if isinstance(target, np.dtype):
-        return _dtype_state(state, signed_flags=not NUMPY2, none_metadata=_TAKES_NONE_METADATA)
-    return state

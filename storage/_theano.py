@@ -3,13 +3,13 @@
 Theano's ``pkl_utils.dump`` wrote a ``GpuArray`` as the persistent id
 ``gpuarray.<member>``, whose member starts with the pickled name of the GPU
 context (a short string or None) followed by the array in NPY format. This
-adapter reads past that name and hands the reader the NPY stream behind it,
+adapter reads that name with the archive's own safe loader (a string or
+None, nothing else) and hands the reader the NPY stream behind it,
 so nothing else knows about the prefix.
 """
 
 from __future__ import annotations
 
-import io
 import pickle
 
 from . import _trust as trust
@@ -31,16 +31,14 @@ def has_context_prefix(reader: ZipReader, name: str) -> bool:
 
 def npy_stream(stream: MemberStream, where: str) -> NpyStream:
     """The NPY stream after the pickled context name that starts ``stream``."""
-    prefix = io.BytesIO(stream.read(min(stream.remaining, CONTEXT_PREFIX_MAX)))
+    prefix = stream.read(min(stream.remaining, CONTEXT_PREFIX_MAX))
     try:
-        context = trust.restricted_unpickler(prefix, source=where).load()
-    except CheckpointError:
-        raise
-    except Exception as exc:  # any malformed stream
+        context, end = trust.load_prefix(prefix, source=f"{where} (gpuarray context name)")
+    except CheckpointError as exc:
         raise BadPersistentIdError(f"{where}: bad gpuarray context name: {exc}") from None
     if not isinstance(context, (str, bytes, type(None))):
         raise BadPersistentIdError(f"{where}: gpuarray context name is {type(context).__name__}")
-    return _AfterPrefix(prefix.getvalue()[prefix.tell() :], stream)
+    return _AfterPrefix(prefix[end:], stream)
 
 
 class _AfterPrefix:

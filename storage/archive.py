@@ -2,7 +2,9 @@
 
 Layout, in order: one NPY member per distinct array (named by where it sits
 in the object, no dots, no ``.npy``), ``pkl`` (the pickle; each array is the
-persistent id ``ndarray.<member>``), and ``manifest.json``. Stored members'
+persistent id ``ndarray.<member>``, each torch tensor or generator
+``torch.<member>``), and ``manifest.json`` (whose entry of a torch member
+says what it was: :mod:`luigi_checkpoint.storage._frameworks`). Stored members'
 array data starts at 64-byte aligned offsets. ``numpy.load`` reads the array
 members, Theano's ``pkl_utils.load`` reads the whole, and :func:`load` reads
 Theano's archives (``ndarray.``, ``cuda_ndarray.`` and ``gpuarray.`` ids).
@@ -29,6 +31,7 @@ from typing import IO, Any, NoReturn
 
 import numpy as np
 
+from . import _frameworks as frameworks
 from . import _manifest, _theano
 from . import _npy as npy
 from . import _trust as trust
@@ -67,7 +70,11 @@ FORMAT_VERSION = 1
 """Bump when a reader of the previous version would misread an archive."""
 PICKLE = "pkl"
 MANIFEST = _manifest.MEMBER
-ID_KINDS = ("ndarray", "cuda_ndarray", "gpuarray")
+ID_KINDS = ("ndarray", "cuda_ndarray", "gpuarray", *frameworks.KINDS)
+_ARRAY_BUILDERS = ("multiarray._reconstruct", "numeric._frombuffer")
+"""numpy's helpers that rebuild an array from data inside the pickle (beside
+``numpy.ndarray`` itself and ``numpy.ma``)."""
+_FRAMEWORK_MODULES = ("torch", "jax", "jaxlib", "cupy", "tensorflow")
 
 
 def write_frozen(
@@ -108,6 +115,7 @@ def write_frozen(
                 "shape": list(array.shape),
                 "nbytes": int(array.nbytes),
                 "offset": member.data_offset + len(header) if member.method == 0 else None,
+                **frozen.entries.get(name, {}),
             }
         )
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
@@ -162,6 +170,7 @@ class Archive:
     def __init__(self, opened: ArchiveSource) -> None:
         self._source = opened
         self._manifest: dict[str, Any] | None = None
+        self._entries: dict[str, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<Archive {self.source}>"
@@ -200,18 +209,34 @@ class Archive:
         trusted: Iterable[Any] = (),
         renames: Mapping[str, str] | None = None,
         unsafe: bool = False,
+        map_location: Any = None,
+        as_numpy: bool = False,
     ) -> Any:
-        """The archived object, loaded safely; see :mod:`luigi_checkpoint.storage._trust`."""
-        archive = self._source
-        arrays: dict[str, np.ndarray] = {}
-        unpickle = _unpickle_object_array(renames) if unsafe else _refuse_object_array
+        """The archived object, loaded safely; see :mod:`luigi_checkpoint.storage._trust`.
 
-        def persistent_load(pid: Any) -> np.ndarray:
+        Framework arrays (torch tensors, parameters, generators) load as what
+        they were, on the torch device ``map_location`` (default CPU), or as
+        the numpy arrays their members hold with ``as_numpy=True`` (also, with
+        a warning, when the framework is not installed); see
+        :mod:`luigi_checkpoint.storage._frameworks`.
+        """
+        archive = self._source
+        loaded: dict[str, Any] = {}
+        unpickle = _unpickle_object_array(renames) if unsafe else _refuse_object_array
+        restorer = frameworks.Restorer(archive.source, map_location=map_location, as_numpy=as_numpy)
+
+        def persistent_load(pid: Any) -> Any:
             kind, name = _parse_id(archive, pid)
-            if name not in arrays:
+            if name in loaded:
+                return loaded[name]
+            if kind in frameworks.KINDS:
+                entry = self._entry(name)
+                array = read_npy(archive, name, unpickle=_refuse_object_array)
+                loaded[name] = restorer.restore(kind, name, array, entry)
+            else:
                 stream = self._gpuarray(name, True) if kind == "gpuarray" else None
-                arrays[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
-            return arrays[name]
+                loaded[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
+            return loaded[name]
 
         with archive.errors():
             return trust.load_pickle(
@@ -222,6 +247,13 @@ class Archive:
                 unsafe=unsafe,
                 persistent_load=persistent_load,
             )
+
+    def _entry(self, name: str) -> dict[str, Any] | None:
+        """The manifest entry of array member ``name`` (None: not listed)."""
+        if self._entries is None:
+            listed = self.manifest()["arrays"] if MANIFEST in self._source.reader else []
+            self._entries = {entry["name"]: entry for entry in listed}
+        return self._entries.get(name)
 
     def read_arrays(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays by member name, straight from the NPY members (nothing unpickled).
@@ -273,6 +305,19 @@ class Archive:
             data = self._source.reader.read(PICKLE)
             return trust.audit_pickle(data, trusted=trusted, renames=renames, source=self.source)
 
+    def hidden_arrays(self) -> list[str]:
+        """Globals of the pickle that build array data inside it, not from a
+        member: numpy's array reconstructors (object arrays, ndarray subclasses)
+        and framework code (tensors pickled by their framework). Empty when
+        every array of the state is a member."""
+        return [
+            name for name in self.audit().globals
+            if name == "numpy.ndarray"
+            or name.startswith("numpy.ma.")
+            or (name.startswith("numpy.") and name.endswith(_ARRAY_BUILDERS))
+            or name.split(".", 1)[0] in _FRAMEWORK_MODULES
+        ]
+
     def _check_member(self, name: str) -> None:
         array = name not in (PICKLE, MANIFEST)
         check_member(self._source, name, self._gpuarray(name) if array else None, array=array)
@@ -309,15 +354,21 @@ def load(
     renames: Mapping[str, str] | None = None,
     mmap: bool = False,
     unsafe: bool = False,
+    map_location: Any = None,
+    as_numpy: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> Any:
     """Load an archive (ours or Theano's) safely; see :meth:`Archive.load`.
 
-    ``mmap=True`` maps stored arrays of a local archive read-only instead of
-    reading them (falls back to reading elsewhere).
+    ``mmap=True`` maps stored numpy arrays of a local archive read-only instead
+    of reading them (falls back to reading elsewhere; torch tensors always own
+    their memory). ``map_location`` and ``as_numpy`` choose what framework
+    arrays load as.
     """
     with open_archive(src, mmap=mmap, storage_options=storage_options) as archive:
-        return archive.load(trusted=trusted, renames=renames, unsafe=unsafe)
+        return archive.load(
+            trusted=trusted, renames=renames, unsafe=unsafe, map_location=map_location, as_numpy=as_numpy
+        )
 
 
 def read_manifest(src: Source, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,8 +23,9 @@ The newest good checkpoint
 
 Retention
     After each committed save, and on :meth:`CheckpointStore.prune`: keep the
-    newest ``keep_last`` archives by step (damaged or not) and every step that
-    is a multiple of ``keep_every``, and never delete the newest good archive.
+    newest ``keep_last`` archives by step (damaged or not), every step that
+    is a multiple of ``keep_every`` and the ``keep_best`` by the metric
+    ``monitor`` (:mod:`._retention`), and never delete the newest good archive.
     Files already deleted by a concurrent prune are not an error. Temp files
     of interrupted writes (``.step-<12 digits>.zip.<hex>.partial``) are deleted
     once :func:`luigi_checkpoint.storage.fs.is_abandoned_temp` says no writer holds them (a live
@@ -62,7 +63,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from . import _manifest, _s3, archive
+from . import _manifest, _retention, _s3, archive
 from .errors import ArchiveError, CheckpointNotFoundError, ObjectExistsError, StepExistsError
 from .fs import (
     Location,
@@ -73,6 +74,7 @@ from .fs import (
     resolve,
     storage_errors,
 )
+from .history import History, read_history
 
 __all__ = [
     "MAX_STEP",
@@ -158,6 +160,12 @@ class CheckpointStore:
         Number of newest checkpoints kept by pruning; None keeps everything.
     keep_every
         Also keep every step that is a multiple of this number.
+    keep_best
+        Also keep this many best checkpoints by the metric ``monitor`` of
+        their metadata (``metadata["metrics"][monitor]``), lowest first with
+        ``mode="min"``, highest with ``"max"``. With ``keep_last=None`` and
+        ``keep_best`` set, only the best, ``keep_every`` and the newest good
+        checkpoint stay.
     storage_options
         fsspec options of the storage (S3 endpoint, credentials...).
 
@@ -171,13 +179,24 @@ class CheckpointStore:
         *,
         keep_last: int | None = 3,
         keep_every: int | None = None,
+        keep_best: int | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        for option, value in (("keep_last", keep_last), ("keep_every", keep_every)):
+        for option, value in (("keep_last", keep_last), ("keep_every", keep_every), ("keep_best", keep_best)):
             if value is not None and operator.index(value) < 1:
                 raise ValueError(f"{option} must be a positive integer or None, got {value}")
+        if keep_best is not None and not monitor:
+            raise ValueError("keep_best needs monitor=, the name of the metric that ranks checkpoints")
+        if mode not in _retention.MODES:
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.keep_last = keep_last
         self.keep_every = keep_every
+        self.keep_best = keep_best
+        self.monitor = monitor
+        self.mode = mode
+        self._scores: dict[int, float | None] = {}
         location = resolve(root, storage_options)
         self._root = Location(location.fs, location.path.rstrip("/") or location.path)
         self._pending: threading.Thread | None = None
@@ -188,7 +207,8 @@ class CheckpointStore:
     def __repr__(self) -> str:
         return (
             f"CheckpointStore({self.root_url!r}, keep_last={self.keep_last}, "
-            f"keep_every={self.keep_every})"
+            f"keep_every={self.keep_every}, keep_best={self.keep_best}, monitor={self.monitor!r}, "
+            f"mode={self.mode!r})"
         )
 
     def __enter__(self) -> CheckpointStore:
@@ -277,6 +297,8 @@ class CheckpointStore:
         except ObjectExistsError as exc:
             raise StepExistsError(f"checkpoint of step {step} exists: {exc}") from None
         info = self._info_from(step, size, manifest)
+        if self.monitor:
+            self._scores[step] = _retention.metric_of(info.metadata, self.monitor)
         try:
             self._prune(known_good=step)
         except OSError as exc:
@@ -349,10 +371,26 @@ class CheckpointStore:
         except FileNotFoundError:
             raise self._not_found(step) from None
 
+    def history(self) -> History:
+        """The run's metric history (:mod:`.history`): every step's metrics,
+        pruned checkpoints' included."""
+        self._settle()
+        return read_history(self._root)
+
+    def best_step(self) -> int | None:
+        """The step whose checkpoint is best by ``monitor`` (and passes the cheap
+        check); None if no checkpoint has the metric."""
+        self._settle()
+        if not self.monitor:
+            raise ValueError(f"{self.root_url}: best_step() needs a store made with monitor=")
+        found = _retention.best(self._scores_of(self._scan().steps), 1, self.mode)
+        return found[0] if found else None
+
     def restore(
         self,
         step: int | None = None,
         *,
+        best: bool = False,
         trusted: Iterable[Any] = (),
         renames: Mapping[str, str] | None = None,
         mmap: bool = False,
@@ -363,11 +401,18 @@ class CheckpointStore:
         The archive must pass the cheap check of :meth:`latest_step` and load;
         ``step=None`` takes the newest such checkpoint, skipping (and logging)
         those that fail with an :class:`ArchiveError`. Each archive is opened
-        once. ``trusted``, ``renames``, ``mmap`` and ``unsafe`` are those of
+        once. ``best=True`` takes :meth:`best_step` instead. ``trusted``,
+        ``renames``, ``mmap`` and ``unsafe`` are those of
         :func:`luigi_checkpoint.storage.archive.load`. Raises
         :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
         """
         self._settle()
+        if best:
+            if step is not None:
+                raise ValueError("restore() takes a step or best=True, not both")
+            step = self.best_step()
+            if step is None:
+                raise CheckpointNotFoundError(f"{self.root_url}: no checkpoint has metric {self.monitor!r}")
 
         def load(at: int) -> Any:
             with self._open(at, mmap=mmap) as handle:
@@ -494,12 +539,11 @@ class CheckpointStore:
 
     def _doomed(self, steps: list[int], known_good: int | None) -> list[int]:
         """The steps the retention policy deletes; ``known_good`` passed the check."""
-        if self.keep_last is None:
+        if self.keep_last is None and self.keep_best is None:
             return []
-        newest = steps[-self.keep_last :]
-        keep = set(newest)
-        if self.keep_every is not None:
-            keep.update(s for s in steps if s % self.keep_every == 0)
+        newest = steps[-self.keep_last :] if self.keep_last else []
+        best = _retention.best(self._scores_of(steps), self.keep_best, self.mode) if self.keep_best else []
+        keep = _retention.kept(steps, keep_last=self.keep_last, keep_every=self.keep_every, best_steps=best)
         doomed = [s for s in steps if s not in keep]
         if not doomed or known_good in newest:
             return doomed  # when known_good is kept, so is every newer step
@@ -514,6 +558,20 @@ class CheckpointStore:
             return []  # a concurrent prune is at work; leave it to that one
         return [s for s in doomed if newest_good is None or s != newest_good[0]]
 
+    def _scores_of(self, steps: list[int]) -> dict[int, float | None]:
+        """``monitor``'s value in each step's manifest (None: no such metric, or
+        damaged); manifests are read once per store."""
+        assert self.monitor is not None
+        for step in steps:
+            if step not in self._scores:
+                try:
+                    self._scores[step] = _retention.metric_of(self._check(step).get("metadata") or {}, self.monitor)
+                except ArchiveError:
+                    self._scores[step] = None
+                except FileNotFoundError:
+                    continue  # pruned under us
+        return {s: self._scores[s] for s in steps if s in self._scores}
+
     def _remove(self, path: str) -> bool:
         """Delete ``path``; False if it was already gone."""
         fs = self._root.fs
@@ -523,6 +581,9 @@ class CheckpointStore:
             return False
         finally:
             fs.invalidate_cache(path)
+        step = step_of(path.rpartition("/")[2])
+        if step is not None:
+            self._scores.pop(step, None)
         return True
 
 

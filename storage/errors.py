@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChecksumError",
     "CorruptPickleError",
+    "HiddenArraysError",
     "MissingMemberError",
     "NotAnArchiveError",
     "ObjectExistsError",
@@ -30,6 +31,7 @@ __all__ = [
     "StorageError",
     "TruncatedArchiveError",
     "UnloadableArchiveError",
+    "UnsupportedArrayError",
     "UntrustedTypeError",
 ]
 
@@ -101,6 +103,17 @@ class UntrustedTypeError(UnloadableArchiveError, TypeError):
         )
 
 
+class UnsupportedArrayError(CheckpointError, TypeError):
+    """A framework array cannot be saved as an NPY member (a sparse or quantized
+    tensor, a dtype with no numpy layout); the message says how to convert it."""
+
+
+class HiddenArraysError(CheckpointError, ValueError):
+    """An archive's pickle holds array data that is not an array member (an
+    object array, an ndarray subclass, a tensor pickled by its framework), so
+    a numpy-only snapshot of its members would silently lack it."""
+
+
 class StorageError(CheckpointError, OSError):
     """Writing or reading through the storage backend failed."""
 
@@ -115,3 +128,7 @@ class ObjectExistsError(CheckpointError, FileExistsError):
 
 class StepExistsError(ObjectExistsError):
     """A checkpoint of this step already exists."""
+
+
+class TotalStepsError(CheckpointError, ValueError):
+    """A training task's ``total_steps`` is below its run's newest checkpoint."""

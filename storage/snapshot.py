@@ -37,7 +37,7 @@ from . import _npy as npy
 from ._reading import ArchiveSource, Source, open_source, read_npy
 from ._zipwrite import ZipWriter
 from .archive import Archive, open_archive
-from .errors import ArchiveError, ChecksumError, MissingMemberError
+from .errors import ArchiveError, ChecksumError, HiddenArraysError, MissingMemberError
 from .fs import Location, atomic_write, resolve
 
 __all__ = [
@@ -60,13 +60,16 @@ def save_snapshot(
     metadata: Mapping[str, Any] | None = None,
     *,
     source: Mapping[str, Any] | None = None,
+    described: Mapping[str, Mapping[str, Any]] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``arrays`` as a numpy-only snapshot at ``dest`` (path, URL or location).
 
     ``metadata`` must be JSON-serializable; ``source`` (``{"url", "step"}``)
-    records the checkpoint the arrays came from. The snapshot appears whole or
-    not at all. Returns the manifest.
+    records the checkpoint the arrays came from; ``described`` adds fields to
+    the manifest entries of arrays by name (a framework array's ``framework``
+    and ``framework_dtype``). The snapshot appears whole or not at all.
+    Returns the manifest.
     """
     target = resolve(dest, storage_options)
     where = target.url
@@ -81,9 +84,8 @@ def save_snapshot(
     with atomic_write(target) as f:
         writer = ZipWriter(f)
         for name in arrays:  # arrays[name] is dropped once written: lazy mappings stream
-            manifest["arrays"].append(
-                _write_member(writer, name, _checked_array(where, name, arrays[name]))
-            )
+            entry = _write_member(writer, name, _checked_array(where, name, arrays[name]))
+            manifest["arrays"].append({**entry, **(described or {}).get(name, {})})
         text = _manifest.to_bytes(manifest)
         writer.add(MANIFEST, [text], size=len(text))
         writer.close()
@@ -140,7 +142,14 @@ def snapshot_from_archive(
     holds array names or :mod:`fnmatch` patterns (``"model/*"``); each must
     match at least one array. The snapshot's metadata is the archive's,
     updated with ``metadata``. ``storage_options`` go with the URLs given.
+    Framework arrays keep their ``framework`` and ``framework_dtype`` in the
+    snapshot's manifest (a bfloat16 tensor's member holds its bits as ``<u2``).
     Returns the snapshot's manifest.
+
+    Raises :class:`HiddenArraysError` naming the globals that build them when,
+    without ``select``, the archive's pickle holds array data that is not a
+    member (the snapshot would silently lack it): write the state again with
+    this version (torch tensors become members) or ``select`` the members wanted.
     """
     if not isinstance(src, Archive):
         with open_archive(src, storage_options=storage_options) as opened:
@@ -148,14 +157,27 @@ def snapshot_from_archive(
                 opened, dest, select, step=step, metadata=metadata, storage_options=storage_options
             )
     source_manifest = src.manifest()
+    hidden = src.hidden_arrays() if select is None else []
+    if hidden:
+        raise HiddenArraysError(
+            f"{src.source}: refusing to export: its pickle holds array data that is not an "
+            f"array member, built by {', '.join(hidden)}; a snapshot would lack it. Load the "
+            "checkpoint and save it again with this version (torch tensors become members), "
+            "or select the members to export (select=..., ckpt export --select)"
+        )
     names = _selected(src.source, [entry["name"] for entry in source_manifest["arrays"]], select)
     return save_snapshot(
         _MemberArrays(src, names),
         dest,
         {**source_manifest.get("metadata", {}), **(metadata or {})},
         source={"url": src.source, "step": step},
+        described={e["name"]: _framework_fields(e) for e in source_manifest["arrays"] if "framework" in e},
         storage_options=storage_options,
     )
+
+
+def _framework_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: entry[key] for key in ("framework", "type", "framework_dtype") if key in entry}
 
 
 class _MemberArrays(Mapping[str, np.ndarray]):

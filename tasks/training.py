@@ -13,8 +13,16 @@ Step numbering: the state after ``N`` calls of ``train_step`` is "at step
 ``N``" and is saved as checkpoint ``N``; ``train_step(state, step)`` performs
 step ``step`` (1-based). The run's folder is
 ``<checkpoint_root>/<task family>/<run id>``, the run id being a short hash of
-the significant parameters except ``checkpoint_root`` (the cadence and
-retention parameters are not significant, so changing them resumes the run).
+the significant parameters except ``checkpoint_root``. The cadence, retention
+and reporting parameters and ``total_steps`` are not significant: changing
+them resumes the run, so raising ``total_steps`` extends a finished run from
+its newest checkpoint; lowering it below that checkpoint is an error.
+
+At every start the run folder gets its record (``run.json``, every parameter;
+:mod:`luigi_checkpoint.storage.runs`), and the metrics ``train_step`` returns
+go to the run's history (:mod:`luigi_checkpoint.storage.history`) before each
+checkpoint, so they outlive pruning and a crash loses only the steps the next
+attempt recomputes.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -34,12 +42,16 @@ from luigi_checkpoint.storage.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     StepExistsError,
+    TotalStepsError,
     UnloadableArchiveError,
     UntrustedTypeError,
 )
 from luigi_checkpoint.storage.fs import Location
+from luigi_checkpoint.storage.history import write_history
+from luigi_checkpoint.storage.runs import write_run_record
 
 from ._preemption import PreemptionGuard
+from ._progress import Progress
 from ._settings import default_checkpoint_root, location_of, storage_options_parameter
 from .targets import CheckpointTarget
 
@@ -48,6 +60,11 @@ __all__ = ["TrainingInterrupted", "TrainingTask"]
 logger = logging.getLogger("luigi-interface.checkpoint")
 
 _RUN_ID_LENGTH = 10
+_HISTORY_BATCH = 10_000
+"""Steps of metrics held in memory at most: more are written as a history
+segment before the next checkpoint (a crash loses none of them, a rerun
+rewrites them)."""
+_STALE_AFTER_NO_CADENCE = 3600.0
 
 
 class TrainingInterrupted(CheckpointError):
@@ -65,11 +82,19 @@ class TrainingTask(luigi.Task):
     checkpoint_root = luigi.OptionalParameter(
         default=None, positional=False, description="folder or URL of the runs (default: [checkpoint] root)"
     )
-    total_steps = luigi.IntParameter(positional=False, description="number of steps of a complete run")
+    total_steps = luigi.IntParameter(
+        significant=False, positional=False, description="number of steps of a complete run (raise it to extend)"
+    )
     checkpoint_every = _setting(luigi.IntParameter, 1000, "save every this many steps (0: never)")
     checkpoint_seconds = _setting(luigi.FloatParameter, 600.0, "save after this much wall time (0: never)")
     keep_last = _setting(luigi.IntParameter, 3, "newest checkpoints to keep")
     keep_every = _setting(luigi.OptionalIntParameter, None, "also keep every step divisible by this")
+    keep_best = _setting(luigi.OptionalIntParameter, None, "also keep this many best checkpoints by monitor")
+    monitor = _setting(luigi.OptionalParameter, None, "metric of train_step that ranks checkpoints (keep_best)")
+    mode = luigi.ChoiceParameter(
+        choices=("min", "max"), default="min", significant=False, positional=False,
+        description="min: the lowest monitor is best; max: the highest",
+    )
     async_save = _setting(luigi.BoolParameter, False, "write checkpoints in a background thread")
     status_seconds = _setting(luigi.FloatParameter, 5.0, "seconds between progress reports")
     storage_options = storage_options_parameter()
@@ -113,7 +138,14 @@ class TrainingTask(luigi.Task):
 
     def checkpoint_store(self) -> CheckpointStore:
         """The :class:`CheckpointStore` of this run."""
-        return CheckpointStore(self.run_location(), keep_last=self.keep_last, keep_every=self.keep_every)
+        return CheckpointStore(
+            self.run_location(),
+            keep_last=self.keep_last,
+            keep_every=self.keep_every,
+            keep_best=self.keep_best,
+            monitor=self.monitor,
+            mode=self.mode,
+        )
 
     def output(self) -> CheckpointTarget:
         """The archive of the final step."""
@@ -124,14 +156,34 @@ class TrainingTask(luigi.Task):
         store = self.checkpoint_store()
         with PreemptionGuard() as guard:
             start, state = self._resume(store)
-            if start >= self.total_steps:
+            if start > self.total_steps:
+                raise TotalStepsError(
+                    f"{self.run_label()}: total_steps={self.total_steps} is below the newest checkpoint, "
+                    f"step {start} of {store.root_url}; pass total_steps={start} or more to continue "
+                    "this run (a run is never cut back), or another checkpoint_root to start anew"
+                )
+            if start == self.total_steps:
                 logger.info("%s: already at step %d, %s", self.run_label(), start, store.root_url)
                 return
+            self.write_run_record()
             try:
                 self._train(store, guard, start, state)
             except BaseException:
                 _settle(store)
                 raise
+
+    def write_run_record(self) -> None:
+        """Write the run's ``run.json``: every parameter, ``total_steps``, the config files."""
+        every_save = self.checkpoint_seconds if self.checkpoint_seconds > 0 else _STALE_AFTER_NO_CADENCE
+        write_run_record(
+            self.run_location(),
+            family=self.task_family,
+            run_id=self.run_id(),
+            parameters=self.to_str_params(only_public=True),
+            total_steps=self.total_steps,
+            stale_after=2 * every_save + self.status_seconds,
+            config_files=_config_files(),
+        )
 
     def _trust_hint(self) -> str:
         return (
@@ -157,38 +209,56 @@ class TrainingTask(luigi.Task):
         return step, state
 
     def _train(self, store: CheckpointStore, guard: PreemptionGuard, start: int, state: Any) -> None:
-        progress = _Progress(self, start)
+        progress = Progress(self, start, store.root_url)
         metrics: Mapping[str, float] = {}
-        for step in range(start + 1, self.total_steps + 1):
-            metrics = self.train_step(state, step) or {}
-            if step == self.total_steps:
-                break
-            if guard.signal_name is not None:
-                self._save(store, step, state, metrics, block=True)
-                progress.saved(step, metrics)
-                guard.stop_worker()
-                raise TrainingInterrupted(
-                    f"{self.run_label()}: interrupted by {guard.signal_name} after step "
-                    f"{step}/{self.total_steps}; saved checkpoint {store.url_of(step)}, "
-                    f"a retry resumes from step {step}"
-                )
-            if progress.checkpoint_due(step):
-                self._save(store, step, state, metrics, block=not self.async_save)
-                progress.saved(step, metrics)
-            else:
-                progress.report(step, metrics)
+        history: list[tuple[int, Mapping[str, float]]] = []
         try:
-            store.wait()
-        except StepExistsError as exc:
-            logger.warning("%s: checkpoint skipped: %s", self.run_label(), exc)
-        self._save(store, self.total_steps, state, metrics, block=True)
-        progress.saved(self.total_steps, metrics)
+            for step in range(start + 1, self.total_steps + 1):
+                metrics = {k: float(v) for k, v in (self.train_step(state, step) or {}).items()}
+                history.append((step, metrics))
+                if len(history) >= _HISTORY_BATCH:
+                    write_history(store.root, history)
+                    history.clear()
+                if step == self.total_steps:
+                    break
+                if guard.signal_name is not None:
+                    self._save(store, step, state, metrics, history, block=True)
+                    progress.saved(step, metrics)
+                    guard.stop_worker()
+                    raise TrainingInterrupted(
+                        f"{self.run_label()}: interrupted by {guard.signal_name} after step "
+                        f"{step}/{self.total_steps}; saved checkpoint {store.url_of(step)}, "
+                        f"a retry resumes from step {step}"
+                    )
+                if progress.checkpoint_due(step):
+                    self._save(store, step, state, metrics, history, block=not self.async_save)
+                    progress.saved(step, metrics)
+                else:
+                    progress.report(step, metrics)
+            try:
+                store.wait()
+            except StepExistsError as exc:
+                logger.warning("%s: checkpoint skipped: %s", self.run_label(), exc)
+            self._save(store, self.total_steps, state, metrics, history, block=True)
+            progress.saved(self.total_steps, metrics)
+        finally:
+            progress.finish()
 
     def _save(
-        self, store: CheckpointStore, step: int, state: Any, metrics: Mapping[str, float], *, block: bool
+        self,
+        store: CheckpointStore,
+        step: int,
+        state: Any,
+        metrics: Mapping[str, float],
+        history: list[tuple[int, Mapping[str, float]]],
+        *,
+        block: bool,
     ) -> None:
+        """Write the history so far, then the checkpoint of ``step``."""
+        write_history(store.root, history)
+        history.clear()
         metadata = {
-            "metrics": {k: float(v) for k, v in metrics.items()},
+            "metrics": dict(metrics),
             "total_steps": self.total_steps,
             "task_id": self.task_id,
             "host": socket.gethostname(),
@@ -212,49 +282,15 @@ class TrainingTask(luigi.Task):
                 logger.warning("%s: checkpoint skipped: %s", self.run_label(), exc)
 
 
+def _config_files() -> list[str]:
+    """The Luigi config files that exist, as Luigi reads them (later ones win)."""
+    paths = getattr(type(luigi.configuration.get_config()), "_config_paths", [])
+    return [os.path.abspath(p) for p in paths if os.path.isfile(p)]
+
+
 def _settle(store: CheckpointStore) -> None:
     """Let an in-flight background save finish; its failure is only logged."""
     try:
         store.wait()
     except Exception as exc:  # the original failure is the one to raise
         logger.warning("background checkpoint save failed too: %s", exc)
-
-
-class _Progress:
-    """Checkpoint cadence and throttled progress reports of one attempt."""
-
-    def __init__(self, task: TrainingTask, start: int) -> None:
-        self.task = task
-        self.started = time.monotonic()
-        self.last_save = self.started
-        self.last_report = float("-inf")
-        self.checkpoint_note = f"resumed from checkpoint step {start}" if start else "no checkpoint yet"
-        self.saved_step: int | None = None
-
-    def checkpoint_due(self, step: int) -> bool:
-        every, seconds = self.task.checkpoint_every, self.task.checkpoint_seconds
-        if every > 0 and step % every == 0:
-            return True
-        return seconds > 0 and time.monotonic() - self.last_save >= seconds
-
-    def saved(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.last_save = time.monotonic()
-        self.saved_step = step
-        self.report(step, metrics, force=True)
-
-    def report(self, step: int, metrics: Mapping[str, float], *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_report < self.task.status_seconds:
-            return
-        self.last_report = now
-        if self.saved_step is not None:
-            self.checkpoint_note = f"checkpoint step {self.saved_step} saved {now - self.last_save:.0f} s ago"
-        parts = [f"step {step}/{self.task.total_steps}"]
-        parts += [f"{name}={float(value):.4g}" for name, value in metrics.items()]
-        parts.append(self.checkpoint_note)
-        message = ", ".join(parts)
-        if callable(self.task.set_status_message):
-            self.task.set_status_message(message)
-        if callable(self.task.set_progress_percentage):
-            self.task.set_progress_percentage(round(100 * step / self.task.total_steps))
-        logger.debug("%s: %s", self.task.run_label(), message)

@@ -82,12 +82,13 @@ class LuigiProcess:
     def start(
         cls, task: str, params: Mapping[str, Any], *, cfg: Path, log: Path,
         env: Mapping[str, str] | None = None, extra: tuple[str, ...] = ("--local-scheduler",),
+        module: str = "tests.helpers_luigi",
     ) -> LuigiProcess:
         environment = {
             **os.environ, **(env or {}), "LUIGI_CONFIG_PATH": str(cfg), "PYTHONPATH": str(REPO),
             "OPENBLAS_NUM_THREADS": "1",
         }
-        command = [str(LUIGI), "--module", "tests.helpers_luigi", task, *cli_params(params), *extra]
+        command = [str(LUIGI), "--module", module, task, *cli_params(params), *extra]
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=log.parent)
         return cls(process, log)

@@ -238,7 +238,7 @@ def test_audit_with_trusted_names_passes(local_store: Store) -> None:
 
 def test_export_of_a_root_takes_the_latest_good_step(store: Store) -> None:
     store.rewrite(300, lambda data: data[:100])
-    dest = store.root.join("exports/snap.zip")
+    dest = store.root.join("snap.zip")
     result = store.ckpt("export", store.url, dest)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"wrote {dest}: 2 arrays")
@@ -284,7 +284,7 @@ def test_prune_dry_run_deletes_nothing(local_store: Store) -> None:
 def test_prune_keeps_the_newest(store: Store) -> None:
     result = store.ckpt("prune", store.url, "--keep-last", "1", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"removed": [100, 200], "kept": [300], "dry_run": False}
+    assert json.loads(result.stdout) == {"removed": [100, 200], "kept": [300], "damaged": [], "dry_run": False}
     checkpoints = CheckpointStore(store.url, storage_options=store.root.storage_options)
     assert checkpoints.steps() == [300]
 

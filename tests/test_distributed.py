@@ -43,7 +43,7 @@ SWEEP = {
 TWO_RUNS = {**SWEEP, "seeds": [1]}
 SCHEDULER = {"retry_delay": 1, "worker_disconnect_delay": 8}
 WORKER = {"wait_interval": 0.2, "wait_jitter": 0.2, "ping_interval": 1}
-STATUS = re.compile(rf"step (\d+)/{TOTAL}, loss=\S+, accuracy=\S+, checkpoint step (\d+) saved \d+ s ago")
+STATUS = re.compile(rf"checkpoint (?P<checkpoint>\d+) \d+s ago, \S+/TrainMLP/\w+, step (?P<step>\d+)/{TOTAL}, loss=\S+, accuracy=\S+")
 
 
 @pytest.fixture
@@ -99,8 +99,8 @@ class Cluster:
             found.append({
                 "run_id": run_id_of(entry), "pid": worker_pid(entry.get("worker_running")),
                 "progress": entry.get("progress_percentage"),
-                "step": int(status.group(1)) if status else None,
-                "checkpoint": int(status.group(2)) if status else None,
+                "step": int(status["step"]) if status else None,
+                "checkpoint": int(status["checkpoint"]) if status else None,
             })
         return found
 

@@ -62,7 +62,7 @@ def test_ckpt_export_of_a_run_opens_the_source_archive_once(
     root: Root, store: CheckpointStore, opened: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     dest = root.join("exports", "snapshot.zip")
-    status = cli.main(["export", store.root_url, dest, *cli_options(root.storage_options)])
+    status = cli.main(["export", store.root_url, dest, "--parents", *cli_options(root.storage_options)])
     assert status == 0, capsys.readouterr().err
     assert opened.count(store.location_of(3).path) == 1
     snapshot = load_snapshot(dest, storage_options=root.storage_options)

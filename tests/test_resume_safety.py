@@ -61,7 +61,7 @@ def _original_code() -> Any:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_a_rerun_whose_class_no_longer_loads_fails_and_keeps_every_checkpoint(

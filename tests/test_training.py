@@ -49,7 +49,7 @@ SMALL_PARAMS = {"total_steps": 120, "hidden": "16", "samples": 256, "features": 
 
 def reference_state(tmp_path: Path, params: dict[str, Any]) -> Any:
     """Final state of an uninterrupted in-process run with only the final save."""
-    params = {k: v for k, v in params.items() if k in TrainMLP.get_param_names()}
+    params = {k: v for k, v in params.items() if k in TrainMLP.get_param_names(include_significant=True)}
     params.update(checkpoint_every=0, checkpoint_seconds=0)
     task = TrainMLP(checkpoint_root=str(tmp_path / "reference"), **params)
     assert luigi.build([task], local_scheduler=True)
@@ -269,17 +269,23 @@ def test_progress_and_status_messages_reach_the_scheduler(luigid: Any, s3: Any, 
         "SlowTrainMLP", params, cfg=REPO / "configs" / "luigi-cluster.cfg", log=tmp_path / "worker.log",
         env=env, extra=("--scheduler-port", str(luigid.port)),
     )
-    message = re.compile(r"step (\d+)/200, loss=[\d.e+-]+, accuracy=[\d.e+-]+, checkpoint step (\d+) saved \d+ s ago")
+    # The checkpoint's age and the run folder (from the config) first: the part a narrow column shows.
+    run_folder = f"s3://{BUCKET}/runs/SlowTrainMLP/{SlowTrainMLP(**params).run_id()}"
+    message = re.compile(
+        rf"checkpoint (?P<saved>\d+) \d+s ago, {re.escape(run_folder)}, "
+        r"step (?P<step>\d+)/200, loss=[\d.e+-]+, accuracy=[\d.e+-]+"
+    )
 
     def running_with_checkpoint() -> list[dict[str, Any]]:
         tasks = luigid.task_list(status="RUNNING").values()
         return [t for t in tasks if message.fullmatch(t.get("status_message") or "")]
 
     [running] = wait_for(running_with_checkpoint, interval=0.05, what="a status message with a checkpoint")
-    step, saved = map(int, message.fullmatch(running["status_message"]).groups())
+    found = message.fullmatch(running["status_message"])
+    step, saved = int(found["step"]), int(found["saved"])
     assert saved % 40 == 0 and saved <= step < 200
     assert 0 < running["progress_percentage"] < 100
     assert proc.wait() == 0, proc.output()
     [done] = luigid.task_list(status="DONE").values()
     assert done["progress_percentage"] == 100
-    assert message.fullmatch(done["status_message"]).groups() == ("200", "200")
+    assert message.fullmatch(done["status_message"]).group("saved", "step") == ("200", "200")

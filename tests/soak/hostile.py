@@ -6,11 +6,14 @@ through ``builtins`` (eval, exec, getattr, __import__, open), ``os``/``posix``,
 ``pickle.loads``, numpy helpers (``runstring``, ``numpy.load`` with pickles,
 ``frompyfunc``), protocol tricks (INST, OBJ, a computed or memoized
 ``STACK_GLOBAL``, EXT codes, ``copyreg``), a Theano ``gpuarray`` context
-pickle, an object-dtype NPY member in a snapshot, and record dtypes forged to
-crash numpy or corrupt memory (``forged_dtype_pickles``). Every gadget is loaded
-three ways (``archive.load``, ``CheckpointStore.restore``, and
-``load_snapshot`` for snapshots): it must be refused with an ``ArchiveError``
-or ``UntrustedTypeError``, and the marker must never appear.
+pickle, an object-dtype NPY member in a snapshot, record dtypes forged to
+crash numpy or corrupt memory (``forged_dtype_pickles``), and the five families
+of attacks through trusted names only (:mod:`tests.soak.families`, generated
+in every encoding). Every gadget is loaded through ``archive.load`` and
+``CheckpointStore.restore`` (``load_snapshot`` for snapshots; ``read_arrays``
+and ``verify`` for Theano's layout, which read gpuarray context names): it must
+be refused with an ``ArchiveError`` or ``UntrustedTypeError`` and the marker
+must never appear; the worker crashing (a segfault) fails the campaign.
 
 Resource probes (deeply nested pickles, trusted constructors asked for a
 gigabyte, a record dtype declaring 800 MB of objects) must be refused or loaded within 2 s without growing the process
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .env import SoakEnv, start_worker
+from .families import family_archive, family_pickles
 from .mutations import deep_pickle, forged_dtype_pickles, lying_pickle, record_of_objects
 from .report import CampaignResult, Tally
 from .scale import Scale
@@ -126,6 +130,11 @@ def hostile_inputs(marker: Path, folder: Path) -> dict[str, tuple[str, bytes]]:
     os_system = _pickle(_call(_g("os", "system"), _v(f"touch {marker}")))
     npy = io.BytesIO()
     np.save(npy, np.zeros(2))
+    for name, (family, data) in family_pickles(random.Random(len(inputs))).items():
+        inputs[f"{family} family: {name}"] = ("archive", family_archive(family, data))
+        if family == "gpuarray prefix":
+            inputs[f"{family} family, Theano's layout: {name}"] = (
+                "theano", family_archive(family, data, manifest=False))
     inputs["gpuarray context os.system"] = ("archive", _zip([
         ("x", os_system + npy.getvalue()), ("pkl", _pid_pickle("gpuarray.x")),
         ("manifest.json", manifest)]))
@@ -158,6 +167,13 @@ def probes(depths: tuple[int, ...]) -> dict[str, bytes]:
         out[f"trusted constructor asked for 1 GB, seed {seed}"] = lying_pickle(random.Random(seed), (10**9,))
     out["record declaring 10**8 objects (800 MB) in 364 bytes"] = record_of_objects(10**8)
     return {name: _zip([("pkl", data), ("manifest.json", manifest)]) for name, data in out.items()}
+
+
+def _refused_if_problems(problems: list[str]) -> None:
+    from luigi_checkpoint.storage.errors import ArchiveError
+
+    if problems:
+        raise ArchiveError("; ".join(problems))
 
 
 def hostile_worker(folder: str, depths: tuple[int, ...], out: str) -> None:
@@ -195,6 +211,9 @@ def hostile_worker(folder: str, depths: tuple[int, ...], out: str) -> None:
         if kind == "snapshot":
             attempt(name, "load_snapshot", lambda: load_snapshot(io.BytesIO(data)))
             continue
+        if kind == "theano":  # what never unpickles the archive's pickle still reads the prefix
+            attempt(name, "read_arrays", lambda: archive.read_arrays(io.BytesIO(data)))
+            attempt(name, "verify", lambda: _refused_if_problems(archive.open_archive(io.BytesIO(data)).verify()))
         attempt(name, "archive.load", lambda: archive.load(io.BytesIO(data)))
         run = base / f"run-{index}"
         run.mkdir()

@@ -209,8 +209,6 @@ def forged_dtype_pickles() -> dict[str, bytes]:
         "object field overlapping a float field": _edited(union, [(b"bK\x08\x86", b"bK\x00\x86")]),
         "subarray of 3 objects in an 8-byte field": _edited(subarray, [(b"NNK\x18K\x08", b"NNK\x08K\x08")]),
         "dtype rebuilt after an array used it": small[:-1] + b"h" + memo + big[big.index(b"R") + 1:-2] + b"b0.",
-        "numpy's own float64 (copy=False) rebuilt": b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x89\x87R"
-        b"(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.",
     }
 
 
