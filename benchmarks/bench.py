@@ -4,7 +4,8 @@ Saves, loads and opens the same float32 state with our archive, a raw
 ``os.write``/``readinto`` baseline and the peers (pickle, ``np.savez``,
 safetensors, torch), each case in a fresh process (its peak RSS measured
 there), on local disk with a hot page cache; then the async-save stall, S3
-transfers and ``latest_step()`` on a loopback moto server. Prints a table with
+transfers and ``latest_step()`` on the S3 server that ``LUIGI_CHECKPOINT_S3`` chooses
+(a loopback moto server by default, see :mod:`tests.s3server`). Prints a table with
 ratios to the baselines and the issue-6 targets; ``--json`` saves everything.
 """
 
@@ -194,7 +195,7 @@ def scaling_results(args: argparse.Namespace, folder: str) -> list[scaling.Resul
 
 
 def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
-    """The S3 transfer group and the latest_step() group, on one moto server."""
+    """The S3 transfer group and the latest_step() group, on one S3 server."""
     wanted = [g for g in ("s3", "latest") if g in args.groups]
     if not wanted:
         return []

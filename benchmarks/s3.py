@@ -1,4 +1,6 @@
-"""The S3 cases, on a moto S3 server on 127.0.0.1 started in a subprocess.
+"""The S3 cases, on the S3 server that ``LUIGI_CHECKPOINT_S3`` chooses: moto
+on 127.0.0.1 in a subprocess by default, SeaweedFS, or an endpoint URL (see
+:mod:`tests.s3server`).
 
 Requests are counted for real: a botocore ``before-send`` hook on the s3fs
 client sees every HTTP request (retries included) just before it is sent.
@@ -19,14 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from tests.s3server import S3Server, chosen
+from tests.s3server import s3_server as s3_server_of_choice
+
 BUCKET = "bench"
 ARCHIVE_READS = ("GetObject", "HeadObject")
 
-# The server also answers one command on stdin, a JSON list [bucket, source
-# key, key template, count]: it copies the object ``source`` (uploaded over
-# HTTP) under ``count`` names inside moto itself, so that setting up a folder
-# of 10,000 archives takes a second instead of 10,000 PUT requests.
-_SERVER = """
+# The moto server also answers one command on stdin, a JSON list [bucket,
+# source key, key template, count]: it copies the object ``source`` (uploaded
+# over HTTP) under ``count`` names inside moto itself, so that setting up a
+# folder of 10,000 archives takes a second instead of 10,000 requests. Other
+# servers get concurrent server-side copies (CopyObject).
+_MOTO = """
 import json
 import logging
 import sys
@@ -50,37 +56,49 @@ for line in sys.stdin:
 
 @dataclass(frozen=True)
 class Server:
-    """The running moto server: fsspec ``storage_options`` and server-side copies."""
+    """A running S3 server: fsspec ``storage_options`` and many copies of one object."""
 
-    storage_options: dict[str, Any]
-    process: subprocess.Popen[str]
+    s3: S3Server
+    moto: subprocess.Popen[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.s3.kind
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self.s3.storage_options
 
     def copy_many(self, bucket: str, source: str, template: str, count: int) -> None:
-        """Copy object ``source`` to ``template.format(i)`` for i < count, inside moto."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps([bucket, source, template, count]) + "\n")
-        self.process.stdin.flush()
-        if self.process.stdout.readline().strip() != "copied":
+        """Copy object ``source`` to ``template.format(i)`` for i < count."""
+        if self.moto is None:
+            fs = self.s3.fs()
+            fs.copy([f"{bucket}/{source}"] * count, [f"{bucket}/{template.format(i)}" for i in range(count)])
+            return
+        assert self.moto.stdin is not None and self.moto.stdout is not None
+        self.moto.stdin.write(json.dumps([bucket, source, template, count]) + "\n")
+        self.moto.stdin.flush()
+        if self.moto.stdout.readline().strip() != "copied":
             raise RuntimeError("moto server failed to copy objects")
 
 
 @contextmanager
-def s3_server() -> Iterator[Server]:
-    """A moto server on 127.0.0.1 in a subprocess."""
+def s3_server(choice: str | None = None) -> Iterator[Server]:
+    """The S3 server of ``choice`` (default: ``LUIGI_CHECKPOINT_S3``, see
+    :mod:`tests.s3server`); moto runs in a subprocess of its own."""
+    if (choice or chosen()) != "moto":
+        with s3_server_of_choice(choice) as server:
+            yield Server(server)
+        return
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
         endpoint = proc.stdout.readline().strip()
         if not endpoint.startswith("http://127.0.0.1:"):
             raise RuntimeError(f"moto server did not start (got {endpoint!r})")
-        options = {
-            "key": "bench",
-            "secret": "bench",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }
-        yield Server(options, proc)
+        yield Server(S3Server(endpoint, "moto", "bench", "bench"), proc)
     finally:
         proc.terminate()
         proc.wait()

@@ -12,7 +12,7 @@ Run it with Luigi (``configs/luigi.cfg``: local scheduler, ./runs, retries)::
     export LUIGI_CONFIG_PATH=configs/luigi.cfg
     luigi --module luigi_checkpoint.pipeline.mlp TrainMLP --total-steps 1000 --hidden 256,256
     luigi --module luigi_checkpoint.pipeline.mlp ExportMLP --date 2026-11-28 --total-steps 1000 --hidden 256,256
-    luigi --module luigi_checkpoint.pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 \
+    luigi --module luigi_checkpoint.pipeline.mlp RangeDaily --of ExportMLP --start 2026-11-01 --param-name date \
         --of-params '{"total_steps": 1000, "hidden": "256,256"}'
 
 A hyperparameter sweep (one run and one export per grid point; with a central

@@ -34,6 +34,7 @@ import _codecs
 import collections
 import copyreg
 import datetime
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,20 @@ from typing import Any
 from .errors import CheckpointError, CorruptPickleError, UnloadableArchiveError
 
 __all__ = ["BUDGET_PER_BYTE", "BUILTIN_RULES", "Load", "Pending", "Placeholder", "Rule", "is_made",
-           "make_maker", "rule_of", "settled"]
+           "brief", "make_maker", "rule_of", "settled", "unbuildable"]
 
 BUDGET_PER_BYTE = 16
 """Units (items copied, bytes allocated) a load may spend per byte of stream:
 an object takes at least one byte of stream and eight of memory."""
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 60
+
+
+def brief(value: Any) -> str:
+    """A bounded repr of a stream value, for messages (a stream's objects can be huge or deep)."""
+    return _BRIEF.repr(value)
 
 
 class Placeholder:
@@ -145,6 +155,15 @@ class _Maker(type):
         return cls._run("call", args, kwargs)  # type: ignore[attr-defined]
 
 
+def unbuildable(source: str, name: str, exc: Exception) -> UnloadableArchiveError:
+    """The error for a caller-trusted class ``name`` that refused its state."""
+    return UnloadableArchiveError(
+        f"{source}: cannot build {name}: {type(exc).__name__}: {exc} (the archive is intact; the "
+        "class no longer accepts the state it saved: make it accept the old state, for example a "
+        "default in __setstate__, or run the code that wrote it)"
+    )
+
+
 def make_maker(name: str, rule: Rule, load: Load) -> type:
     """The class the unpickler gets for global ``name`` in ``load``."""
 
@@ -162,11 +181,7 @@ def make_maker(name: str, rule: Rule, load: Load) -> type:
             raise
         except Exception as exc:
             if rule.caller_trusted:
-                raise UnloadableArchiveError(
-                    f"{load.source}: cannot build {name}: {type(exc).__name__}: {exc} (the archive "
-                    "is intact; the class no longer accepts the state it saved: make it accept the "
-                    "old state, for example a default in __setstate__, or run the code that wrote it)"
-                ) from exc
+                raise unbuildable(load.source, name, exc) from exc
             raise load.corrupt(f"{name}: {type(exc).__name__}: {exc}") from exc
 
     def new(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -247,7 +262,7 @@ def _bytes_like(kind: type) -> Rule:
     def call(load: Load, value: Any = b"", encoding: Any = None, errors: Any = None) -> Any:
         if isinstance(value, str):
             if encoding not in ("latin1", "latin-1", "ascii", "utf-8", "utf8") or errors is not None:
-                raise load.corrupt(f"{what} of a string in encoding {encoding!r}")
+                raise load.corrupt(f"{what} of a string in encoding {brief(encoding)}")
             load.charge(len(value), what)
             return kind(value, encoding)
         if encoding is not None or errors is not None or isinstance(value, int):
@@ -310,7 +325,7 @@ def _defaultdict(load: Load, factory: Any = None, *items: Any) -> Any:
 def _encode(load: Load, text: Any, encoding: Any = "utf-8") -> bytes:
     """``_codecs.encode(text, "latin1")``: how pickle protocols 0-2 write bytes."""
     if type(text) is not str or encoding not in ("latin1", "latin-1"):
-        raise load.corrupt(f"_codecs.encode of a {type(text).__name__} in {encoding!r}")
+        raise load.corrupt(f"_codecs.encode of a {type(text).__name__} in {brief(encoding)}")
     load.charge(len(text), "_codecs.encode")
     return text.encode("latin1")
 
@@ -343,7 +358,7 @@ def _reconstructor(load: Load, cls: Any, base: Any, state: Any = None) -> Any:
     if load.unsafe:
         return copyreg._reconstructor(cls.value, base, state)  # type: ignore[attr-defined]
     if not cls.caller_trusted or base not in _RECONSTRUCTOR_BASES or not issubclass(cls.value, base):
-        raise load.corrupt(f"copyreg._reconstructor of {cls.value!r} on {base!r}")
+        raise load.corrupt(f"copyreg._reconstructor of {brief(cls.value)} on {brief(base)}")
     if base is object:
         return object.__new__(cls.value)
     if not isinstance(state, (*_SCALARS, *_SIZED)):

@@ -3,7 +3,8 @@
 :func:`freeze` pickles an object with a pickler whose ``persistent_id``
 replaces each plain ``np.ndarray`` / ``np.memmap`` (without object dtype) by
 the text ``ndarray.<name>``, and each torch tensor, parameter and generator
-by ``torch.<name>`` (:mod:`luigi_checkpoint.storage._frameworks`); the arrays
+and JAX array and key by ``torch.<name>`` or ``jax.<name>``
+(:mod:`luigi_checkpoint.storage._frameworks`); the arrays
 themselves are returned alongside, in the order the pickler met them, to be
 written as NPY members, with the manifest fields of framework members.
 
@@ -126,7 +127,7 @@ def _component(key: object) -> str | None:
 class _Walk:
     """Depth-first walk recording array paths and cached reduce values."""
 
-    def __init__(self, protocol: int, framework_types: frozenset[type]) -> None:
+    def __init__(self, protocol: int, framework_types: dict[type, str]) -> None:
         self.protocol = protocol
         self.framework_types = framework_types
         self.paths: dict[int, str] = {}
@@ -221,15 +222,15 @@ class _Externalizing:
         self._kept: list[object] = []  # framework objects met: keeps their ids from being reused
 
     def persistent_id(self, obj: Any) -> str | None:
-        framework = type(obj) in self._walk.framework_types
-        if not framework and not externalizable(obj):
+        framework = self._walk.framework_types.get(type(obj))
+        if framework is None and not externalizable(obj):
             return None
         pid = self._ids.get(id(obj))
         if pid is not None:
             return pid
         name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
-        if framework:
-            member = frameworks.as_member(obj)
+        if framework is not None:
+            member = frameworks.as_member(obj, framework)
             pid = f"{member.kind}.{name}"
             self.arrays.append((name, member.array))
             self.entries[name] = member.entry

@@ -74,7 +74,11 @@ def _opcode_classes(memo_bits: int) -> tuple[re.Pattern[bytes], dict[int, int]]:
               for code, size in counted.items() if abs(size) == 4]
     if memo_bits:
         parts.append(b"r..[\x00-" + re.escape(bytes([(1 << (memo_bits - 16)) - 1])) + b"]\x00")
-    return re.compile(b"(?:" + b"|".join(parts) + b")*+", re.DOTALL), counted
+    body = b"(?:" + b"|".join(parts) + b")*"
+    try:
+        return re.compile(body + b"+", re.DOTALL), counted  # possessive: no backtracking state
+    except re.error:  # Python 3.10 has no possessive repeats; nothing follows the run anyway
+        return re.compile(body, re.DOTALL), counted
 
 
 _RUN, _COUNTED = _opcode_classes(0)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._constructors import Load, Pending, Placeholder, Rule, holds_placeholder, rule_of, settled
+from ._constructors import Load, Pending, Placeholder, Rule, brief, holds_placeholder, rule_of, settled
 from ._numpy_compat import CORE, NUMPY2
 from ._settle import settle
 
@@ -44,7 +44,7 @@ _MAX_ITEMSIZE = 2**31 - 1
 
 def _int(load: Load, value: Any, low: int, high: int, what: str) -> int:
     if type(value) not in (int, bool) or not low <= value <= high:
-        raise load.corrupt(f"{what} {value!r} is not an integer in [{low}, {high}]")
+        raise load.corrupt(f"{what} {brief(value)} is not an integer in [{low}, {high}]")
     return int(value)
 
 
@@ -105,7 +105,7 @@ def _dtype_from_state(load: Load, base: np.dtype[Any], state: Any) -> np.dtype[A
     metadata = state[8] if len(state) == 9 else None
     _int(load, version, 3, 4, "dtype state version")
     if endian not in ("<", ">", "|", "="):
-        raise load.corrupt(f"dtype byte order {endian!r}")
+        raise load.corrupt(f"dtype byte order {brief(endian)}")
     elsize = _int(load, elsize, -1, _MAX_ITEMSIZE, "dtype item size")
     alignment = _int(load, alignment, -1, 64, "dtype alignment")
     flags = _int(load, flags, -0x80, 0xFFFF, "dtype flags") & 0xFF  # numpy 1 writes a signed byte
@@ -139,11 +139,11 @@ def _plain(load: Load, base: np.dtype[Any], endian: str, metadata: Any) -> np.dt
     if base.kind in "mM":
         unit = metadata[1] if type(metadata) is tuple and len(metadata) == 2 else None
         if type(unit) is not tuple or len(unit) != 4:
-            raise load.corrupt(f"datetime dtype without its unit: {metadata!r}")
+            raise load.corrupt(f"datetime dtype without its unit: {brief(metadata)}")
         name, count, denominator, events = unit
         name = name.decode("latin1") if isinstance(name, bytes) else name
         if name not in _UNITS or (denominator, events) != (1, 1):
-            raise load.corrupt(f"datetime unit {unit!r}")
+            raise load.corrupt(f"datetime unit {brief(unit)}")
         count = _int(load, count, 1, 2**31 - 1, "datetime unit count")
         made = np.dtype(f"{base.char}8" if name == "generic" else f"{base.char}8[{count}{name}]")
     if endian in "<>" and made.byteorder != "|":
@@ -158,12 +158,12 @@ def _record(load: Load, names: Any, fields: Any, elsize: int, aligned: bool) -> 
     for name in names:
         entry = fields.get(name)
         if type(entry) is not tuple or len(entry) not in (2, 3):
-            raise load.corrupt(f"dtype field {name!r} is not (dtype, offset[, title])")
-        formats.append(as_dtype(load, entry[0], f"dtype field {name!r}"))
-        offsets.append(_int(load, entry[1], 0, _MAX_ITEMSIZE, f"dtype field {name!r} offset"))
+            raise load.corrupt(f"dtype field {brief(name)} is not (dtype, offset[, title])")
+        formats.append(as_dtype(load, entry[0], f"dtype field {brief(name)}"))
+        offsets.append(_int(load, entry[1], 0, _MAX_ITEMSIZE, f"dtype field {brief(name)} offset"))
         title = entry[2] if len(entry) == 3 else None
         if title is not None and (type(title) is not str or fields.get(title) is not entry):
-            raise load.corrupt(f"dtype field {name!r} has a title {title!r} that is not a field")
+            raise load.corrupt(f"dtype field {brief(name)} has a title {brief(title)} that is not a field")
         titles.append(title)
     if len(fields) != len(names) + sum(title is not None for title in titles):
         raise load.corrupt("dtype fields that no name lists")
@@ -188,7 +188,7 @@ def _dtype(load: Load, spec: Any, align: Any = False, copy: Any = False) -> Dtyp
     kind = settled(spec)
     if isinstance(kind, type) and kind in _TYPE_SPECS:
         return DtypeProxy(load, np.dtype(kind, bool(align), True))
-    raise load.corrupt(f"numpy.dtype of {spec!r}")
+    raise load.corrupt(f"numpy.dtype of {brief(spec)}")
 
 
 _TYPE_SPECS = {int, float, complex, bool, object, str, bytes, *np.sctypeDict.values()}
@@ -264,7 +264,7 @@ def _reconstruct(load: Load, subtype: Any, shape: Any, spec: Any) -> ArrayProxy:
     subclass = (rule is not None and rule.caller_trusted and isinstance(kind, type)
                 and issubclass(kind, np.ndarray) and kind.__setstate__ is np.ndarray.__setstate__)
     if (kind is not np.ndarray and not subclass) or shape != (0,) or spec not in (b"b", "b"):
-        raise load.corrupt(f"_reconstruct({subtype!r}, {shape!r}, {spec!r}) (numpy writes "
+        raise load.corrupt(f"_reconstruct({brief(subtype)}, {brief(shape)}, {brief(spec)}) (numpy writes "
                            "_reconstruct(ndarray or a trusted subclass keeping its state, (0,), b'b'))")
     return ArrayProxy(load, kind)
 
@@ -287,7 +287,7 @@ def _frombuffer(load: Load, buffer: Any, dtype: Any, shape: Any, order: Any = "C
     made = as_dtype(load, dtype, "_frombuffer dtype")
     shape = _shape(load, shape, "_frombuffer shape")
     if not isinstance(buffer, (bytes, bytearray)) or made.hasobject or order not in ("C", "F", "A", "K"):
-        raise load.corrupt(f"_frombuffer of a {type(buffer).__name__} as {made}, order {order!r}")
+        raise load.corrupt(f"_frombuffer of a {type(buffer).__name__} as {made}, order {brief(order)}")
     if len(buffer) != math.prod(shape) * made.itemsize or made.itemsize == 0:
         raise load.corrupt(f"_frombuffer of {len(buffer)} bytes as {made}{list(shape)}")
     load.charge(len(buffer), "_frombuffer")

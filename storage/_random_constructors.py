@@ -38,7 +38,7 @@ import numpy as np
 from numpy.random import bit_generator as _bit_generator
 from numpy.random import _pickle as _random_pickle
 
-from ._constructors import Load, Pending, Placeholder, Rule, holds_placeholder, settled
+from ._constructors import Load, Pending, Placeholder, Rule, brief, holds_placeholder, settled
 from ._numpy_compat import BIT_GENERATORS
 from ._numpy_constructors import as_array
 
@@ -65,12 +65,12 @@ def _fields(load: Load, found: Any, schema: dict[str, Any], what: str) -> dict[s
     for key, (first, second) in schema.items():
         value = found[key]
         if isinstance(first, np.dtype):
-            checked[key] = as_array(load, value, first, second, f"{what}[{key!r}]")
+            checked[key] = as_array(load, value, first, second, f"{what}[{brief(key)}]")
         else:
             if isinstance(value, np.integer):
                 value = int(value)
             if type(value) not in (int, bool) or not first <= value <= second:
-                raise load.corrupt(f"{what}[{key!r}] = {value!r} is outside [{first}, {second}]")
+                raise load.corrupt(f"{what}[{brief(key)}] = {brief(value)} is outside [{first}, {second}]")
             checked[key] = int(value)
     return checked
 
@@ -80,7 +80,7 @@ def checked_state(load: Load, name: str, state: Any) -> dict[str, Any]:
     inner, outer = _SCHEMAS[name]
     if type(state) is not dict or state.get("bit_generator") != name:
         found = state.get("bit_generator") if type(state) is dict else type(state).__name__
-        raise load.corrupt(f"{name} state for {found!r}")
+        raise load.corrupt(f"{name} state for {brief(found)}")
     rest = {key: value for key, value in state.items() if key not in ("bit_generator", "state")}
     return {"bit_generator": name, "state": _fields(load, state.get("state"), inner, f"{name} state"),
             **_fields(load, rest, outer, f"{name} state")}
@@ -125,7 +125,7 @@ def _bit_generator_of(load: Load, spec: Any = "MT19937") -> BitGeneratorProxy:
     kind = settled(spec)
     name = kind if type(kind) is str else getattr(kind, "__name__", None)
     if name not in BIT_GENERATORS or (type(kind) is not str and kind is not BIT_GENERATORS[name]):
-        raise load.corrupt(f"{spec!r} is not one of numpy's bit generators {sorted(BIT_GENERATORS)}")
+        raise load.corrupt(f"{brief(spec)} is not one of numpy's bit generators {sorted(BIT_GENERATORS)}")
     return BitGeneratorProxy(load, name)
 
 
@@ -174,7 +174,7 @@ class RandomStateProxy(Pending):
             raise self.load.corrupt(f"RandomState state {type(state).__name__} over {self.bits.name}")
         has_gauss, gauss = state.get("has_gauss"), state.get("gauss")
         if type(has_gauss) not in (int, bool) or has_gauss not in (0, 1) or type(gauss) not in (float, int):
-            raise self.load.corrupt(f"RandomState has_gauss {has_gauss!r}, gauss {gauss!r}")
+            raise self.load.corrupt(f"RandomState has_gauss {brief(has_gauss)}, gauss {brief(gauss)}")
         self.bits.set_state({key: value for key, value in state.items() if key not in ("has_gauss", "gauss")})
         self._gauss = (int(has_gauss), float(gauss))
 
@@ -220,7 +220,7 @@ class SeedSequenceProxy(Pending):
         if not (type(ints) in (tuple, list) and all(n is None or (type(n) is int and n >= 0) for n in ints)
                 and type(spawn_key) is tuple and all(type(n) is int and n >= 0 for n in spawn_key)
                 and type(spawned) is int and spawned >= 0 and size_ok):
-            raise self.load.corrupt(f"SeedSequence state {state!r} out of its ranges")
+            raise self.load.corrupt(f"SeedSequence state {brief(state)} out of its ranges")
         self.load.charge(len(ints) + len(spawn_key), "SeedSequence")
         made = np.random.SeedSequence(entropy, spawn_key=spawn_key, pool_size=pool_size,
                                       n_children_spawned=spawned)
@@ -237,7 +237,7 @@ class SeedSequenceProxy(Pending):
 
 def _unpickle_seed_sequence(load: Load, kind: Any, checksum: Any, state: Any = None) -> SeedSequenceProxy:
     if settled(kind) is not np.random.SeedSequence or type(checksum) is not int:
-        raise load.corrupt(f"__pyx_unpickle_SeedSequence of {kind!r}")
+        raise load.corrupt(f"__pyx_unpickle_SeedSequence of {brief(kind)}")
     made = SeedSequenceProxy(load)
     if state is not None:
         made.__setstate__(state)

@@ -4,12 +4,14 @@ multipart bookkeeping that keeps a failed or lost write from leaving anything.
 An object store's file (fsspec's :class:`~fsspec.spec.AbstractBufferedFile`:
 s3fs, gcsfs, adlfs) opened with ``autocommit=False`` publishes nothing until
 ``commit()``; ``discard()`` aborts it. On S3 the upload is a multipart upload
-with an id, and three things need care:
+with an id, and these things need care:
 
 * A ``CreateMultipartUpload`` whose answer was lost leaves an upload the file
   never heard of: a failed write without an upload id aborts the uploads of its
   key begun since it started (:func:`uploading`).
-* An exclusive write (``If-None-Match: *``) that fails because another writer
+* An exclusive write (``If-None-Match: *``) completes holding a claim
+  (:mod:`._s3claim`): the conditional complete is not atomic on every server.
+* An exclusive write that fails because another writer
   published the key meanwhile, or had its upload aborted by a sweep because the
   key exists, lost a race: it raises :class:`ObjectExistsError`, not a
   transport error.
@@ -30,6 +32,7 @@ from typing import IO
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+from ._s3claim import claimed
 from .errors import ObjectExistsError
 
 __all__ = ["abort_upload", "abort_uploads_of_existing", "incomplete_uploads", "uploading"]
@@ -122,7 +125,11 @@ def uploading(fs: AbstractFileSystem, path: str, *, exclusive: bool) -> Iterator
         yield f
         f.close()
         try:
-            f.commit()
+            if exclusive and _is_s3(fs):
+                with claimed(fs, path):
+                    f.commit()
+            else:
+                f.commit()
         except FileExistsError:
             raise ObjectExistsError(f"{fs.unstrip_protocol(path)}: already exists") from None
     except BaseException as exc:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import _numpy_compat as numpy_compat
-from ._constructors import BUILTIN_RULES, Load, Placeholder, Rule, make_maker
+from ._constructors import BUILTIN_RULES, Load, Placeholder, Rule, make_maker, unbuildable
 from ._framing import check_framing
 from ._numpy_constructors import NUMPY_RULES
 from ._random_constructors import RANDOM_RULES
@@ -137,11 +137,18 @@ class _Names:
         if self.auditing:  # an audit runs none of the caller's code
             return _PLACEHOLDER
         obj = _import(dotted, self.load.source)
+        # the caller's code gets real objects: the classes and numpy objects, not our stand-ins
+        def call(load: Load, *args: Any, **kwargs: Any) -> Any:
+            return obj(*settle(args, load), **settle(kwargs, load))
+
         if isinstance(obj, type):
             self.load.trusted_types.add(obj)
-            return Rule(obj, lambda load, *a, **k: obj(*a, **k),
-                        lambda load, *a, **k: obj.__new__(obj, *a, **k), caller_trusted=True)
-        return Rule(obj, lambda load, *a, **k: obj(*a, **k), caller_trusted=True)
+
+            def new(load: Load, *args: Any, **kwargs: Any) -> Any:
+                return obj.__new__(obj, *settle(args, load), **settle(kwargs, load))
+
+            return Rule(obj, call, new, caller_trusted=True)
+        return Rule(obj, call, caller_trusted=True)
 
 
 def _placeholder(load: Load, *args: Any, **kwargs: Any) -> Placeholder:
@@ -194,15 +201,8 @@ def _run(file: IO[bytes], data: bytes, names: _Names, persistent_load: Persisten
             raise
         refusing = _callers_code(exc)
         if refusing is not None:
-            raise UnloadableArchiveError(
-                f"{load.source}: cannot build {refusing}: {type(exc).__name__}: {exc} (the archive "
-                "is intact; the class no longer accepts the state it saved: make it accept the old "
-                "state, for example a default in __setstate__, or run the code that wrote it)"
-            ) from exc
+            raise unbuildable(load.source, refusing, exc) from exc
         raise load.corrupt(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        del unpickler
-        names.makers.clear()
     if load.refused:
         raise UntrustedTypeError(load.source, load.refused)
     return settle(result, load) if load.made else result

@@ -22,14 +22,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from fsspec.implementations.local import LocalFileSystem
 
-from . import _manifest, archive, plot
+from . import _manifest, archive, plot, terminal
 from .checkpoints import CheckpointStore, step_of
 from .errors import ArchiveError, CheckpointError, CheckpointNotFoundError, ObjectExistsError
 from .fs import Location, is_temp_name, resolve
@@ -238,6 +239,18 @@ def _dtype(entry: Mapping[str, Any]) -> str:
     return f"{entry['framework']}.{what} ({entry['dtype']})"
 
 
+@contextmanager
+def _with_bar(handle: archive.Archive, location: Location, label: str) -> Iterator[archive.Archive]:
+    """``handle``, or, for a big archive when stderr is a terminal, the same
+    archive opened through a file that draws a bar as it is read."""
+    if not terminal.is_terminal() or handle.size < terminal.BIG:
+        yield handle
+        return
+    reading = terminal.ReadingBar(location.fs.open(location.path, "rb"), location.url, handle.size, label)
+    with reading, archive.open_archive(reading) as shown:
+        yield shown
+
+
 def _verify_file(location: Location) -> list[str]:
     if _is_snapshot(location):
         try:
@@ -245,7 +258,11 @@ def _verify_file(location: Location) -> list[str]:
         except ArchiveError as exc:
             return [str(exc)]
         return []
-    return archive.verify(location)
+    try:
+        with archive.open_archive(location) as handle, _with_bar(handle, location, "verifying") as shown:
+            return shown.verify()
+    except ArchiveError as exc:
+        return [str(exc)]
 
 
 def _zip_files_below(folder: Location) -> list[Location]:
@@ -259,12 +276,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
     location = _existing(resolve(args.path, args.storage_options), args.path)
     if _is_file(location):
         files = [location]
-        reports = []
     else:
         store = CheckpointStore(location)
-        reports = [asdict(store.verify(step)) for step in store.steps()]
-        files = [] if reports else _zip_files_below(location)
-    reports += [{"step": step_of(f.name), "url": f.url, "problems": _verify_file(f)} for f in files]
+        files = [store.location_of(step) for step in store.steps()] or _zip_files_below(location)
+    reports = [{"step": step_of(f.name), "url": f.url, "problems": _verify_file(f)} for f in files]
     if not reports:
         raise CheckpointNotFoundError(
             f"{args.path}: no checkpoints or snapshots to verify (no .zip files in or below this folder)"
@@ -318,11 +333,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     if _is_file(source):
         if args.step is not None:
             raise CheckpointError("--step needs a checkpoint folder, not an archive")
-        with archive.open_archive(source) as handle:
-            manifest = snapshot_from_archive(handle, dest, args.select, step=step_of(source.name))
+        with archive.open_archive(source) as handle, _with_bar(handle, source, "exporting") as shown:
+            manifest = snapshot_from_archive(shown, dest, args.select, step=step_of(source.name))
     else:
-        with CheckpointStore(source).open(args.step) as (step, handle):
-            manifest = snapshot_from_archive(handle, dest, args.select, step=step)
+        store = CheckpointStore(source)
+        with store.open(args.step) as (step, handle), \
+                _with_bar(handle, store.location_of(step), "exporting") as shown:
+            manifest = snapshot_from_archive(shown, dest, args.select, step=step)
     total = sum(a["nbytes"] for a in manifest["arrays"])
     _emit(args, manifest, f"wrote {args.dest}: {len(manifest['arrays'])} arrays, "
           f"{_size(total)}, from {manifest['source']['url']}")

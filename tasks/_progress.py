@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
+
+from luigi_checkpoint.storage import terminal
 
 __all__ = ["Progress"]
 
@@ -63,7 +64,7 @@ class Progress:
         self.last_bar = float("-inf")
         self.saved_step: int | None = start if start else None
         self.stream = sys.stderr if stream is None else stream
-        self.live = self.stream.isatty()
+        self.live = terminal.is_terminal(self.stream)
 
     def checkpoint_due(self, step: int) -> bool:
         """Whether ``step`` is to be saved by ``checkpoint_every`` or ``checkpoint_seconds``."""
@@ -128,11 +129,5 @@ class Progress:
         return ", ".join(parts)
 
     def _bar(self, step: int, metrics: Mapping[str, float], now: float) -> None:
-        width = shutil.get_terminal_size().columns
         values = " ".join(f"{name}={float(value):.4g}" for name, value in metrics.items())
-        text = self._line(step, values, self._checkpoint_note(now), now)
-        room = max(10, min(30, width - len(text) - 4))
-        filled = int(room * step / self.task.total_steps)
-        bar = f"[{'#' * filled}{'.' * (room - filled)}] {text}"
-        self.stream.write("\r\x1b[K" + bar[: width - 1])
-        self.stream.flush()
+        terminal.draw(self.stream, step / self.task.total_steps, self._line(step, values, self._checkpoint_note(now), now))

@@ -1,12 +1,11 @@
-"""Shared fixtures: a real S3 protocol server on loopback and a storage root
-parametrized over local disk, ``file://``, ``memory://`` and ``s3://``."""
+"""Shared fixtures: a real S3 protocol server on loopback (:mod:`tests.s3server`)
+and a storage root parametrized over local disk, ``file://``, ``memory://`` and ``s3://``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,9 @@ import requests
 
 from luigi_checkpoint.storage.fs import resolve
 
+from .s3server import S3Server, free_port
+from .s3server import s3_server as s3_server_of_choice
+
 BUCKET = "ckpt-test"
 _FOLDERS = ("storage", "tasks", "pipeline")
 
@@ -35,57 +37,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"imported outside the luigi_checkpoint namespace: {', '.join(strays)}")
 
 
-@dataclass(frozen=True)
-class S3Server:
-    """A moto S3 server on 127.0.0.1 speaking the real S3 protocol over HTTP."""
-
-    endpoint_url: str
-
-    @property
-    def storage_options(self) -> dict[str, Any]:
-        return {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
-        }
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment variables that point boto-based clients at this server."""
-        return {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-        }
-
-    def reset(self) -> None:
-        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
-        location = resolve(f"s3://{BUCKET}", self.storage_options)
-        fs, _ = location.fs, location.path
-        fs.call_s3("create_bucket", Bucket=BUCKET)
-        fs.invalidate_cache()
-
-
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield S3Server(endpoint_url=f"http://{host}:{port}")
-    finally:
-        server.stop()
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The S3 server that ``LUIGI_CHECKPOINT_S3`` chooses (moto by default, see
+    :mod:`tests.s3server`), for the whole session."""
+    log = tmp_path_factory.mktemp("s3server") / "server.log"
+    with s3_server_of_choice(in_process=True, log=log) as server:
+        yield server
 
 
 @pytest.fixture
 def s3(s3_server: S3Server) -> Iterator[S3Server]:
     """The S3 server, emptied, with bucket ``ckpt-test`` and fresh fsspec caches."""
     fsspec.AbstractFileSystem.clear_instance_cache()
-    s3_server.reset()
+    s3_server.empty_bucket(BUCKET)
     yield s3_server
     fsspec.AbstractFileSystem.clear_instance_cache()
 
@@ -135,12 +100,6 @@ def make_root(kind: str, tmp_path: Any, request: pytest.FixtureRequest) -> Root:
 def root(request: pytest.FixtureRequest, tmp_path: Any) -> Root:
     """An empty folder on local disk, ``file://``, ``memory://`` or S3."""
     return make_root(request.param, tmp_path, request)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Luigid:

@@ -5,8 +5,10 @@ Run as a script, this is one writer process of a concurrency test::
 
     python helpers_store.py '{"root": ..., "storage_options": {...}, ...}'
 
-It imports everything, prints ``ready``, waits for a line on stdin (so that
-two writers start together), does its job and prints one JSON line.
+It imports everything, prints ``ready``, then for each of its ``rounds``
+(default 1) waits for a line on stdin (so that two writers start together),
+does its job and prints one JSON line; a race of round ``r`` saves step
+``step + r``.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def _race(store: Any, job: dict[str, Any]) -> dict[str, Any]:
     from luigi_checkpoint.storage.errors import StepExistsError
 
     try:
-        store.save(job["step"], make_state(job["seed"], size=job["size"]))
+        store.save(job["step"] + job["round"], make_state(job["seed"], size=job["size"]))
     except StepExistsError:
         return {"result": "exists"}
     return {"result": "won"}
@@ -122,9 +124,10 @@ def main(argv: list[str]) -> int:
         storage_options=job.get("storage_options"),
     )
     print("ready", flush=True)
-    sys.stdin.readline()
-    outcome = {"race": _race, "run": _run}[job["job"]](store, job)
-    print(json.dumps(outcome), flush=True)
+    for round_ in range(job.get("rounds", 1)):
+        sys.stdin.readline()
+        outcome = {"race": _race, "run": _run}[job["job"]](store, {**job, "round": round_})
+        print(json.dumps(outcome), flush=True)
     return 0
 
 

@@ -3,7 +3,7 @@ untouched byte for byte, no temp files, no pending S3 multipart uploads.
 
 Failures are real: values that cannot be pickled, metadata that is not JSON,
 and storage that refuses the bytes (a file-size limit on local disk, an S3
-server rejecting the upload when it is completed).
+server rejecting the upload when it is completed: a fault proxy answers 500).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .conftest import BUCKET, make_root
+from .conftest import BUCKET, S3Server, make_root
 from .helpers_archive import assert_same
 from luigi_checkpoint.storage.archive import dump, load
 from luigi_checkpoint.storage.fs import Location, fresh_listing, resolve
+from tests.soak.faultproxy import FaultPlan, FaultProxy
 
 MiB = 1 << 20
 
@@ -136,14 +137,18 @@ def test_local_disk_refusing_bytes_mid_write_publishes_nothing(
 def test_s3_refusing_the_upload_publishes_nothing(
     request: pytest.FixtureRequest, tmp_path: Any, with_previous: bool
 ) -> None:
-    """Parts are uploaded (5 MiB blocks), then the server refuses to complete."""
+    """Parts are uploaded (5 MiB blocks), then the server refuses to complete
+    (a 500 for every ``CompleteMultipartUpload``, from a proxy in front of it)."""
     root = make_root("s3", tmp_path, request)
     dest = root.join("a.ckpt")
     previous = _previous(root, dest, with_previous)
-    refusing = {**root.storage_options, "default_block_size": 5 * MiB,
-                "s3_additional_kwargs": {"StorageClass": "NO_SUCH_CLASS"}}
-    with pytest.raises(OSError):
-        dump(_big_arrays(), dest, storage_options=refusing)
+    server: S3Server = request.getfixturevalue("s3")
+    plan = FaultPlan({"http500": 1.0}, methods=frozenset({"POST"}), target="uploadId=")
+    with FaultProxy(server.endpoint_url, plan) as proxy:
+        refusing = {**server.options_via(proxy.url, retries={"max_attempts": 1}), "default_block_size": 5 * MiB}
+        with pytest.raises(OSError):
+            dump(_big_arrays(), dest, storage_options=refusing)
+    assert proxy.injected["http500"] >= 1
     _assert_nothing_published(root, dest, previous)
 
 

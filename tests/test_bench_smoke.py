@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.cases import CASES
 from benchmarks.stall import NAMES as ASYNC_CASES
 
@@ -60,3 +62,12 @@ def test_quick_run_prints_a_row_per_case_and_the_targets(tmp_path: Path) -> None
 def _peer(name: str) -> str | None:
     """The left-out peer a case belongs to, if any."""
     return next((peer for peer in ("torch", "safetensors") if peer in name), None)
+
+
+def test_safe_load_benchmark_prints_its_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import safe_load
+
+    assert safe_load.main(["--floats", "2000", "--strings", "200", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["object-heavy,", "object-heavy,", "object-heavy", "archive:"]
+    assert all(line.split()[-1] in ("met", "MISSED") for line in lines[2:])

@@ -8,6 +8,7 @@ Real ``luigi.build`` runs of the demo's TrainMLP; S3 is the loopback moto server
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ def run_forked(tmp_path: Path, name: str, **params: Any) -> ForkedBuild:
 def test_raising_total_steps_extends_the_run_and_lowering_it_is_an_error(tmp_path: Path) -> None:
     first = run_forked(tmp_path, "first", total_steps=60)
     assert first.process.exitcode == 0, first.output()
+    # The local scheduler's console shows progress: at every checkpoint and every status_seconds.
+    progress = re.findall(
+        r"TrainMLP \w+: step (\d+)/60 \(([\d.]+)%\), [\d.e+]+ steps/s, ETA \d+[smhd], "
+        r"loss=\S+, accuracy=\S+, (?:checkpoint (\d+) \d+[smhd] ago|no checkpoint yet)",
+        first.output(),
+    )
+    assert [(step, saved) for step, _, saved in progress if saved] == [("20", "20"), ("40", "40"), ("60", "60")]
+    assert [float(share) for step, share, saved in progress if saved] == [33.3, 66.7, 100.0]
     second = run_forked(tmp_path, "second", total_steps=100)
     assert second.process.exitcode == 0, second.output()
     assert "resumed from step 60 of 100" in second.output()

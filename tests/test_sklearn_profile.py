@@ -69,18 +69,7 @@ FITTED: dict[str, tuple[Callable[[], Any], Any, str]] = {
 }
 
 
-CALLER_TRUSTED_GETS_MAKERS = pytest.mark.xfail(
-    strict=True,
-    reason="open finding of the safe loader (issue 13): a caller-trusted callable is called with the "
-    "loader's makers instead of the globals they stand for, so Cython's __pyx_unpickle_<Class>(Class, "
-    "checksum, state) of gradient boosting's loss gets a stand-in class and refuses it",
-)
-
-
-@pytest.mark.parametrize(
-    "family",
-    [pytest.param(f, marks=CALLER_TRUSTED_GETS_MAKERS) if f == "boosting/gradient" else f for f in FITTED],
-)
+@pytest.mark.parametrize("family", list(FITTED))
 def test_fitted_estimators_round_trip_with_the_profile_and_predict_identically(tmp_path: Path, family: str) -> None:
     make, targets, method = FITTED[family]
     estimator = make().fit(X, targets)

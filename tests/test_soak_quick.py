@@ -27,7 +27,7 @@ KNOWN: dict[str, str] = {}  # finding kind (regex) -> its test in test_regressio
 
 @pytest.fixture(scope="module")
 def soak_env(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoakEnv]:
-    env = SoakEnv(tmp_path_factory.mktemp("soak"), s3_server.endpoint_url)
+    env = SoakEnv(tmp_path_factory.mktemp("soak"), s3_server)
     create_bucket(env)
     yield env
 

@@ -751,3 +751,13 @@ def test_a_restored_generator_is_valid_or_refused() -> None:
             generator = np.random.Generator(bits)
             loaded = load_pickle(pickle.dumps(generator), source="g.pkl")
             assert loaded.random(3).tolist() == generator.random(3).tolist()
+
+
+def test_a_huge_or_deep_argument_makes_a_short_message() -> None:
+    depth = 50_000
+    deep = b"]" * depth + b"a" * (depth - 1)
+    for argument in (deep, b"(" + b"N" * 1_000_000 + b"l"):
+        data = b"\x80\x02cnumpy\ndtype\n" + argument + b"\x85R."
+        with pytest.raises(CorruptPickleError, match="numpy.dtype of") as info:
+            load_pickle(data, source="m.pkl")
+        assert len(str(info.value)) < 300

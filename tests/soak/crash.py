@@ -144,7 +144,9 @@ class _Run:
         fs = location.fs
         for entry in fresh_listing(location):
             name = entry["name"].rstrip("/").rpartition("/")[2]
-            if step_of(name) is None and not (self.kind == "local" and is_temp_name(name)):
+            # A killed save may leave a temp file (local disk) or the claim of
+            # its S3 upload's completion; a prune removes them once abandoned.
+            if step_of(name) is None and not is_temp_name(name):
                 problems.append(f"foreign object in the run folder: {name}")
         for listed in store.steps():
             try:

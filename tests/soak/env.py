@@ -1,5 +1,6 @@
-"""What every campaign runs against: a work folder, an S3 server on loopback,
-and a fork server of worker processes with the library already imported."""
+"""What every campaign runs against: a work folder, an S3 server on loopback
+(the one ``LUIGI_CHECKPOINT_S3`` chooses, see :mod:`tests.s3server`), and a
+fork server of worker processes with the library already imported."""
 
 from __future__ import annotations
 
@@ -7,19 +8,14 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
-import requests
+from ..s3server import S3Server
 
 BUCKET = "soak"
 PRELOAD = ["numpy", "s3fs", "luigi", "luigi_checkpoint.storage.archive", "luigi_checkpoint.storage.checkpoints", "luigi_checkpoint.storage.snapshot",
@@ -28,21 +24,18 @@ PRELOAD = ["numpy", "s3fs", "luigi", "luigi_checkpoint.storage.archive", "luigi_
 
 @dataclass(frozen=True)
 class SoakEnv:
-    """A scratch folder and the endpoint of an S3 server (bucket ``soak`` exists)."""
+    """A scratch folder and an S3 server (bucket ``soak`` exists)."""
 
     workdir: Path
-    endpoint_url: str
+    server: S3Server
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
 
     def s3_options(self, endpoint_url: str | None = None, **config: Any) -> dict[str, Any]:
         """fsspec options for the server (or for a proxy in front of it)."""
-        options: dict[str, Any] = {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint_url or self.endpoint_url, "region_name": "us-east-1"},
-        }
-        if config:
-            options["config_kwargs"] = config
-        return options
+        return self.server.options_via(endpoint_url or self.endpoint_url, **config)
 
     def folder(self, name: str) -> Path:
         path = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}"
@@ -79,48 +72,8 @@ class SoakEnv:
 
 
 def create_bucket(env: SoakEnv) -> None:
-    fs = env.s3_client()
-    if not fs.exists(BUCKET):
-        fs.call_s3("create_bucket", Bucket=BUCKET)
-    fs.invalidate_cache()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def moto_server(log: Path) -> Iterator[str]:
-    """A ``moto_server`` process on a free loopback port; yields its endpoint URL."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto server exited, see {log}")
-            try:
-                requests.get(f"{url}/moto-api/", timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not answer on {url}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Create the bucket ``soak``, or empty it."""
+    env.server.empty_bucket(BUCKET)
 
 
 _context: BaseContext | None = None

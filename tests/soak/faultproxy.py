@@ -52,7 +52,9 @@ class FaultPlan:
 
     The first ``skip`` requests pass untouched; at most ``max_faults`` faults
     are injected (None: no limit); ``methods`` restricts faults to requests with
-    those HTTP methods (None: all).
+    those HTTP methods (None: all), ``target`` to requests whose target (path
+    and query) contains it (None: all; ``"uploadId="`` with method POST picks
+    the completions of multipart uploads).
     """
 
     rates: Mapping[str, float] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class FaultPlan:
     skip: int = 0
     max_faults: int | None = None
     methods: frozenset[str] | None = None
+    target: str | None = None
     stall_seconds: tuple[float, float] = (0.2, 2.5)
 
     def __post_init__(self) -> None:
@@ -116,12 +119,14 @@ class FaultProxy:
             self.injected: Counter[str] = Counter()
             self.late: list[str] = []
 
-    def _draw(self, method: str) -> str | None:
+    def _draw(self, method: str, target: str) -> str | None:
         with self._lock:
             self.requests += 1
             plan = self._plan
             roll = self._rng.random()
             if self.requests <= plan.skip or (plan.methods is not None and method not in plan.methods):
+                return None
+            if plan.target is not None and plan.target not in target:
                 return None
             if plan.max_faults is not None and sum(self.injected.values()) >= plan.max_faults:
                 return None
@@ -191,8 +196,9 @@ class FaultProxy:
 
     def _handle(self, client: socket.socket, request: _Message, upstream: _Upstream) -> None:
         """Forward one request, injecting its fault; raise _Done when the client's connection is over."""
-        method = request.head.split(b" ", 1)[0].decode("latin1")
-        fault = self._draw(method)
+        method, target = request.head.split(b" ", 2)[:2]
+        method = method.decode("latin1")
+        fault = self._draw(method, target.decode("latin1"))
         if fault == "reset":
             _reset(client)
             raise _Done

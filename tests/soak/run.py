@@ -2,8 +2,9 @@
 
 ``make soak`` runs the full campaigns (about 20 minutes on two cores);
 ``--quick`` runs the small variant, ``--only`` some campaigns by name. The S3
-server is a ``moto_server`` process on a free loopback port. Exit status 1 if
-any campaign had a failing trial.
+server is the one ``LUIGI_CHECKPOINT_S3`` chooses (a ``moto_server`` process
+on a free loopback port by default; ``seaweedfs``, or an endpoint URL, see
+:mod:`tests.s3server`). Exit status 1 if any campaign had a failing trial.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..s3server import s3_server
 from . import big, concurrency, crash, diskfull, faults, fuzz, hostile, luigi_kill
-from .env import SoakEnv, create_bucket, moto_server
+from .env import SoakEnv, create_bucket
 from .report import CampaignResult, findings_text, table
 from .scale import FULL, QUICK, Scale
 
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        with moto_server(workdir / "moto.log") as endpoint:
-            env = SoakEnv(workdir, endpoint)
+        with s3_server(log=workdir / "s3server.log") as server:
+            env = SoakEnv(workdir, server)
             create_bucket(env)
             results = run_all(scale, env, args.only)
     print(table(results))
