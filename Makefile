@@ -21,7 +21,7 @@ EXTRA_STAMPS := $(EXTRA_VENVS:%=%/.installed-test)
 # tests (torch's CPU wheel is on hand for the default Python only).
 QUICK_MARKERS ?= not soak and not slow
 QUICK_IGNORE ?= test_distributed.py test_soak_quick.py test_faultproxy.py test_regressions.py test_demo.py test_bench_smoke.py \
-  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py
+  test_torch_archive.py test_torch_training.py test_hidden_arrays.py test_sklearn_profile.py test_bench_torch.py test_jax_archive.py
 QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 
 # The S3 lane: the S3 cases of the store, the CLI, the Luigi targets and
@@ -41,9 +41,9 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The default lane also installs the framework extras (torch's CPU wheel,
-# scikit-learn: about 30 s), whose tests run there only.
+# JAX, scikit-learn: about a minute), whose tests run there only.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,torch,sklearn]'
+	$(BIN)/python -m pip install --quiet -e '.[test,torch,jax,sklearn]'
 	touch $(STAMP)
 
 # Finds Python X.Y: $(PYTHON_X.Y) if set, else pythonX.Y on PATH if it runs,

@@ -6,14 +6,18 @@ float32 ``Linear`` layers and an Adam ``optimizer.state_dict()`` after one step
 (two moments per parameter, and a step tensor each), about ``--size-mb`` in all
 (default 1 GiB), plus ``torch.get_rng_state()``. Each case runs in this
 process on local disk with a hot page cache (every file read once before its
-reads are timed); the median of ``--repeats`` is shown, with the ratio of our
-time to torch's (below 1: we are faster):
+reads are timed; ``os.sync()`` before every timed run, so no case pays for
+another's write-back); the cases take turns within each repeat, in an order
+reversed every other repeat, so drift of a shared machine hits all alike. The
+median of ``--repeats`` is shown, with the ratio of our time to torch's (below
+1: we are faster):
 
 - save: ``storage.dump`` to an open file (no fsync, as ``torch.save`` does not
   fsync) against ``torch.save`` to a path; also ``dump`` to a path (temp file,
   fsync, rename, fsync of the folder);
-- load: ``storage.load`` (torch tensors, no ``trusted=``) against
-  ``torch.load(weights_only=True)``, its safe mode.
+- load: ``storage.load`` (torch tensors, no ``trusted=``, every member's CRC-32
+  checked) against ``torch.load(weights_only=True)``, its safe mode; also
+  ``storage.load(mmap=True)`` (no CRC check, tensors copied from the map).
 """
 
 from __future__ import annotations
@@ -76,39 +80,43 @@ CASES: tuple[tuple[str, str, str, Callable[[Any, Path], Any]], ...] = (
     ("save", "ours dump (path: + fsync, rename)", "ours-path.zip", lambda state, path: dump(state, path)),
     ("load", "torch.load(weights_only=True)", "state.pt", lambda _, path: torch.load(path, weights_only=True)),
     ("load", "ours load (torch tensors)", "ours.zip", lambda _, path: load(path)),
+    ("load", "ours load mmap=True (copied from the map)", "ours.zip", lambda _, path: load(path, mmap=True)),
 )
 PEERS = {"save": "torch.save", "load": "torch.load(weights_only=True)"}
 
 
 def measure(state: Any, folder: Path, repeats: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {}
-    for group, name, file, run in CASES:
-        path = folder / file
-        if group == "load":
-            _read_once(path)
-        times[name] = []
-        for _ in range(repeats):
-            gc.collect()
-            started = time.perf_counter()
-            result = run(state if group == "save" else None, path)
-            times[name].append(time.perf_counter() - started)
-            del result
+    """Seconds of each case (by name) in each repeat; saves before loads."""
+    times: dict[str, list[float]] = {name: [] for _, name, _, _ in CASES}
+    for group in ("save", "load"):
+        cases = [case for case in CASES if case[0] == group]
+        for repeat in range(repeats):
+            for _, name, file, run in cases if repeat % 2 == 0 else cases[::-1]:
+                path = folder / file
+                if group == "load":
+                    _read_once(path)
+                gc.collect()
+                os.sync()
+                started = time.perf_counter()
+                result = run(state if group == "save" else None, path)
+                times[name].append(time.perf_counter() - started)
+                del result
     return times
 
 
 def table(times: dict[str, list[float]], size: int) -> str:
-    lines = [f"{'GROUP':<6} {'CASE':<36} {'MEDIAN':>8} {'GiB/s':>7} {'VS TORCH':>9}"]
+    lines = [f"{'GROUP':<6} {'CASE':<42} {'MEDIAN':>8} {'GiB/s':>7} {'VS TORCH':>9}"]
     for group, name, _, _ in CASES:
         median = statistics.median(times[name])
         peer = statistics.median(times[PEERS[group]])
-        lines.append(f"{group:<6} {name:<36} {median:>7.3f}s {size / median / 2**30:>7.2f} {median / peer:>8.2f}x")
+        lines.append(f"{group:<6} {name:<42} {median:>7.3f}s {size / median / 2**30:>7.2f} {median / peer:>8.2f}x")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.torch_state", description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="state size in MiB (default 1024)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats per case, the median is shown")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per case, the median is shown")
     parser.add_argument("--json", metavar="PATH", help="also write the times as JSON")
     args = parser.parse_args(argv)
     state = training_state(args.size_mb)

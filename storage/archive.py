@@ -2,8 +2,8 @@
 
 Layout, in order: one NPY member per distinct array (named by where it sits
 in the object, no dots, no ``.npy``), ``pkl`` (the pickle; each array is the
-persistent id ``ndarray.<member>``, each torch tensor or generator
-``torch.<member>``), and ``manifest.json`` (whose entry of a torch member
+persistent id ``ndarray.<member>``, each torch or JAX object
+``torch.<member>`` or ``jax.<member>``), and ``manifest.json`` (whose entry of such a member
 says what it was: :mod:`luigi_checkpoint.storage._frameworks`). Stored members'
 array data starts at 64-byte aligned offsets. ``numpy.load`` reads the array
 members, Theano's ``pkl_utils.load`` reads the whole, and :func:`load` reads
@@ -214,8 +214,9 @@ class Archive:
     ) -> Any:
         """The archived object, loaded safely; see :mod:`luigi_checkpoint.storage._trust`.
 
-        Framework arrays (torch tensors, parameters, generators) load as what
-        they were, on the torch device ``map_location`` (default CPU), or as
+        Framework arrays (torch tensors, parameters, generators; JAX arrays
+        and keys) load as what they were, torch's on the device
+        ``map_location`` (default CPU), JAX's on its default device, or as
         the numpy arrays their members hold with ``as_numpy=True`` (also, with
         a warning, when the framework is not installed); see
         :mod:`luigi_checkpoint.storage._frameworks`.
@@ -234,7 +235,7 @@ class Archive:
                 array = read_npy(archive, name, unpickle=_refuse_object_array)
                 loaded[name] = restorer.restore(kind, name, array, entry)
             else:
-                stream = self._gpuarray(name, kind == "gpuarray")
+                stream = self._gpuarray(name, True) if kind == "gpuarray" else None
                 loaded[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
             return loaded[name]
 
