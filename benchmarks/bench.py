@@ -27,16 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from . import stall
+from . import scaling, stall
 from .cases import CASES, Case, unavailable
 from .report import Row, ratio, table, targets, targets_table
 from .state import MiB, Layout, make_layout, make_state, write_raw
 
 REPO = Path(__file__).resolve().parent.parent
+SCALING_ARRAYS = 8
 SCRATCH = REPO / ".bench-tmp"
-GROUPS = ("save", "load", "open", "async", "s3", "latest")
-QUICK = {"size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 2, "s3_archives": 50}
-FULL = {"size_mb": 1024, "arrays": 8, "repeats": 3, "s3_size_mb": 256, "s3_archives": 10_000}
+GROUPS = ("save", "load", "open", "async", "s3", "latest", "scaling")
+QUICK = {
+    "size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 2, "s3_archives": 50,
+    "scaling_counts": "4,64", "scaling_count_mb": 1, "scaling_sizes_mb": "1,4",
+}
+FULL = {
+    "size_mb": 1024, "arrays": 8, "repeats": 3, "s3_size_mb": 256, "s3_archives": 10_000,
+    "scaling_counts": "8,1000,10000,50000", "scaling_count_mb": 128, "scaling_sizes_mb": "64,256,1024",
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +53,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="repeats per case, the median is shown (default 3)")
     p.add_argument("--s3-size-mb", type=int, help="state size for the S3 cases (default 256)")
     p.add_argument("--s3-archives", type=int, help="archives for latest_step() (default 10000)")
+    p.add_argument(
+        "--scaling-counts", help="numbers of arrays of the scaling table (default 8,1000,10000,50000)"
+    )
+    p.add_argument("--scaling-count-mb", type=int, help="their total MiB (default 128)")
+    p.add_argument(
+        "--scaling-sizes-mb",
+        help="total MiB of the scaling table's 8 arrays (default 64,256,1024; 8192 needs ~20 GiB of RAM)",
+    )
     p.add_argument("--groups", default=",".join(GROUPS), help=f"subset of {','.join(GROUPS)}")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(
@@ -164,9 +179,19 @@ def local_rows(args: argparse.Namespace, folder: str, layout: Layout) -> list[Ro
     return rows
 
 
-def _failed(what: str, exc: Exception) -> str:
-    traceback.print_exception(exc, file=sys.stderr)
-    return f"{what} failed: {exc!r}"[:80]
+def scaling_results(args: argparse.Namespace, folder: str) -> list[scaling.Result]:
+    """The scaling table's points, measured in this process."""
+    if "scaling" not in args.groups:
+        return []
+    counts = [int(n) for n in args.scaling_counts.split(",") if n]
+    sizes = [int(n) * MiB for n in args.scaling_sizes_mb.split(",") if n]
+    results = []
+    for point in scaling.points(counts, args.scaling_count_mb * MiB, sizes, SCALING_ARRAYS):
+        results.append(scaling.measure(point, folder, args.repeats, args.without))
+        ratios = [(group, results[-1].ratio(group)[0]) for group in ("save", "load")]
+        shown = ", ".join(f"{group} {r:.2f}x" for group, r in ratios if r is not None)
+        progress(f"scaling / {point.label}: {shown or 'no peer'}")
+    return results
 
 
 def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
@@ -259,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         write_raw(make_state(layout), os.path.join(folder, "state.bin"))
         os.sync()  # its write-back must not slow down the first case
         rows = local_rows(args, folder, layout) + s3_rows(args, folder)
+        scaled = scaling_results(args, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     env = environment()
@@ -272,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, layout.nbytes))
     print("\nissue-6 targets:")
     print(targets_table(found))
+    if scaled:
+        print(f"\nscaling (median of {args.repeats}, in this process; ours over the fastest installed peer):")
+        print(scaling.table(scaled))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -282,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     "state_bytes": layout.nbytes,
                     "rows": [row.to_json(ratio(rows, row)) for row in rows],
                     "targets": [t.__dict__ for t in found],
+                    "scaling": [result.to_json() for result in scaled],
                 },
                 f,
                 indent=2,

@@ -28,14 +28,16 @@ THREADED = 1 << 20  # buffers at least this large get their CRC on the helper th
 class RunningCrc:
     """CRC-32 of everything passed to :meth:`update`, in order, after ``initial``."""
 
-    def __init__(self, pool: ThreadPoolExecutor, initial: int = 0) -> None:
-        self._pool = pool
+    def __init__(self, initial: int = 0) -> None:
+        self._pool: ThreadPoolExecutor | None = None
         self._value = initial
         self._pending: Future[int] | None = None
 
     def update(self, buffer: bytes | memoryview) -> None:
         value = self.value
         if len(buffer) >= THREADED:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc32")
             self._pending = self._pool.submit(crc32, buffer, value)
         else:
             self._value = crc32(buffer, value)
@@ -47,10 +49,20 @@ class RunningCrc:
             self._pending = None
         return self._value
 
+    def close(self) -> None:
+        """End the helper thread, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
 
 @contextmanager
 def running_crc(initial: int = 0) -> Iterator[RunningCrc]:
     """A :class:`RunningCrc` continuing ``initial``, whose helper thread
-    (started at the first large update) ends with the block."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crc32") as pool:
-        yield RunningCrc(pool, initial)
+    (started at the first large update, so small members cost no thread)
+    ends with the block."""
+    crc = RunningCrc(initial)
+    try:
+        yield crc
+    finally:
+        crc.close()

@@ -22,8 +22,10 @@ Whatever numpy version runs, the pickle names numpy's objects in the forms
 every supported numpy reads (:mod:`luigi_checkpoint.storage._numpy_compat`):
 the same ``reducer_override`` gives numpy's random generators and aligned
 dtypes their portable reduction, and ``save_global`` spells numpy globals by
-names all versions import. That hook exists only in pickle's Python
-pickler, so pickling runs at Python speed (the walk already does).
+names all versions import. That hook exists only in pickle's Python pickler,
+about ten times slower per object than the C pickler: the C pickler runs
+first, and an object that holds such a global (a numpy scalar, an object
+array) is pickled again by the Python one.
 """
 
 from __future__ import annotations
@@ -95,8 +97,13 @@ def freeze(
     walk = _Walk(protocol, frameworks.framework_types())
     walk.run(obj)
     buffer = io.BytesIO()
-    pickler = _ArchivePickler(buffer, protocol, walk)
-    pickler.dump(obj)
+    pickler: _FastPickler | _PortablePickler = _FastPickler(buffer, protocol, walk)
+    try:
+        pickler.dump(obj)
+    except _NeedsPortableNames:
+        buffer = io.BytesIO()
+        pickler = _PortablePickler(buffer, protocol, walk)
+        pickler.dump(obj)
     arrays = pickler.arrays
     if copy:
         spare = dict(reuse.arrays) if reuse is not None else {}
@@ -129,14 +136,19 @@ class _Walk:
 
     def run(self, root: object) -> None:
         stack: list[tuple[object, tuple[str, ...]]] = [(root, ())]
-        while stack:
+        alive, paths, framework_types = self._alive, self.paths, self.framework_types
+        while stack:  # runs once per object of the state: kept lean
             obj, path = stack.pop()
-            if id(obj) in self._alive or isinstance(obj, _LEAVES):
+            key = id(obj)
+            if key in alive:
                 continue
-            self._alive[id(obj)] = obj
-            if externalizable(obj) or type(obj) in self.framework_types:
-                self.paths[id(obj)] = "/".join(path)
+            if externalizable(obj) or type(obj) in framework_types:
+                alive[key] = obj
+                paths[key] = "/".join(path)
                 continue
+            if isinstance(obj, _LEAVES):
+                continue
+            alive[key] = obj
             stack.extend(reversed(self._children(obj, path)))
 
     def _children(self, obj: object, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
@@ -187,21 +199,21 @@ class _Walk:
 
 
 def _items(pairs: Any, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
-    children = []
-    for key, value in pairs:
-        part = _component(key)
-        if part is not None:
-            children.append((value, (*path, part)))
-    return children
+    return [(value, (*path, part)) for key, value in pairs if (part := _component(key)) is not None]
 
 
-class _ArchivePickler(pickle._Pickler):  # type: ignore[misc,name-defined]
+class _NeedsPortableNames(Exception):
+    """The object holds a numpy global that only :class:`_PortablePickler` spells portably."""
+
+
+class _Externalizing:
     """Replaces externalizable arrays by ``ndarray.<name>`` persistent ids (and
-    framework arrays by ``<framework>.<name>``) and writes numpy objects in the
-    forms every supported numpy reads."""
+    framework arrays by ``<framework>.<name>``) and reduces objects once (the
+    walk's reductions), numpy's in the forms every supported numpy reads.
+    Mixed into a pickler class."""
 
     def __init__(self, file: io.BytesIO, protocol: int, walk: _Walk) -> None:
-        super().__init__(file, protocol=protocol)
+        super().__init__(file, protocol=protocol)  # type: ignore[call-arg]
         self._walk = walk
         self._ids: dict[int, str] = {}  # id of each object made a member -> its persistent id
         self._used: set[str] = set(RESERVED)
@@ -237,6 +249,30 @@ class _ArchivePickler(pickle._Pickler):  # type: ignore[misc,name-defined]
             value = numpy_compat.reduction(obj) or NotImplemented
         return value
 
+    def _unique(self, name: str) -> str:
+        name = name[:MAX_NAME].rstrip("/")
+        candidate, n = name, 1
+        while candidate in self._used:
+            n += 1
+            candidate = f"{name}_{n}"
+        self._used.add(candidate)
+        return candidate
+
+
+class _FastPickler(_Externalizing, pickle.Pickler):
+    """The C pickler: most states (arrays in containers and objects) hold no
+    numpy global that needs another spelling; one that does stops it."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if numpy_compat.global_name(obj) is not None:
+            raise _NeedsPortableNames
+        return super().reducer_override(obj)
+
+
+class _PortablePickler(_Externalizing, pickle._Pickler):  # type: ignore[misc,name-defined]
+    """pickle's Python pickler, whose ``save_global`` writes numpy globals by
+    names every supported numpy imports (numpy scalars, ``bool_``, object arrays)."""
+
     def save_global(self, obj: Any, name: str | None = None) -> None:
         spelled = numpy_compat.global_name(obj)
         if spelled is None:
@@ -250,12 +286,3 @@ class _ArchivePickler(pickle._Pickler):  # type: ignore[misc,name-defined]
         else:
             self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("ascii"))
         self.memoize(obj)
-
-    def _unique(self, name: str) -> str:
-        name = name[:MAX_NAME].rstrip("/")
-        candidate, n = name, 1
-        while candidate in self._used:
-            n += 1
-            candidate = f"{name}_{n}"
-        self._used.add(candidate)
-        return candidate

@@ -17,6 +17,7 @@ refused unless the caller reads pickled data (``numpy.save`` with
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import struct
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ MAGIC = b"\x93NUMPY"
 PREFIX_SIZE = 10  # magic, 2 version bytes, and a 2-byte length for version 1.0
 ALIGN = 64
 MAX_HEADER_SIZE = 1 << 20
+CACHED_HEADER = 256  # parsed headers up to this size are remembered
 COPY_CHUNK = 16 << 20  # bytes copied at a time from a non-contiguous array
 MAX_DIMS = 64 if int(np.__version__.split(".")[0]) >= 2 else 32  # numpy's NPY_MAXDIMS
 INTP_MAX = int(np.iinfo(np.intp).max)
@@ -73,11 +75,25 @@ def is_written_fortran(array: np.ndarray) -> bool:
 
 def header_bytes(array: np.ndarray) -> bytes:
     """The NPY header of ``array`` (version 1.0 when it fits, else 2.0 or 3.0)."""
+    dtype, fortran = array.dtype, is_written_fortran(array)
+    if dtype.fields is None and dtype.metadata is None:  # the dtype alone says its descr
+        return _cached_header(dtype, array.shape, fortran)
+    return _header(dtype, array.shape, fortran)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_header(dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> bytes:
+    """Headers of the usual (unstructured) arrays: a model's thousands of
+    arrays have a few dozen shapes."""
+    return _header(dtype, shape, fortran)
+
+
+def _header(dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> bytes:
     literal = repr(
         {
-            "descr": npformat.dtype_to_descr(array.dtype),
-            "fortran_order": is_written_fortran(array),
-            "shape": tuple(array.shape),
+            "descr": npformat.dtype_to_descr(dtype),
+            "fortran_order": fortran,
+            "shape": tuple(shape),
         }
     )
     try:
@@ -122,28 +138,44 @@ def parse_header(header: bytes, *, data_size: int, where: str, pickled: bool = F
     Raises :class:`BadNpyHeaderError` mentioning ``where``.
     """
     try:
-        size = header_length(header[:12])
-        if size > MAX_HEADER_SIZE:
-            raise ValueError(f"header of {size} bytes exceeds {MAX_HEADER_SIZE}")
-        if len(header) != size:
-            raise ValueError("header truncated")
-        encoding = "utf8" if header[6] == 3 else "latin1"
-        literal = ast.literal_eval(header[12 if header[6] > 1 else 10 :].decode(encoding))
-        parsed = _check_literal(literal)
-        if parsed[0].hasobject and not pickled:
-            raise ValueError("object dtype is refused (it would need unpickling)")
+        if len(header) <= CACHED_HEADER:
+            result = _cached_parse(bytes(header))
+        else:
+            result = _parse(header)
     except (
         ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError, OverflowError
     ) as exc:
         raise BadNpyHeaderError(f"{where}: bad NPY header: {exc}") from None
-    dtype, shape, fortran = parsed
-    result = NpyHeader(dtype=dtype, shape=shape, fortran_order=fortran, size=size)
+    if result.pickled and not pickled:
+        raise BadNpyHeaderError(
+            f"{where}: bad NPY header: object dtype is refused (it would need unpickling)"
+        )
     if not result.pickled and result.nbytes != data_size:
         raise BadNpyHeaderError(
-            f"{where}: NPY header declares shape {shape} of {dtype.str} "
+            f"{where}: NPY header declares shape {result.shape} of {result.dtype.str} "
             f"({result.nbytes} bytes) but the member holds {data_size} bytes of data"
         )
     return result
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_parse(header: bytes) -> NpyHeader:
+    """:func:`_parse` of the usual short headers: parsing one costs more than
+    reading a small array, and a model's thousands of arrays have a few dozen
+    (failures are not remembered; memory stays under 1024 short headers)."""
+    return _parse(header)
+
+
+def _parse(header: bytes) -> NpyHeader:
+    size = header_length(header[:12])
+    if size > MAX_HEADER_SIZE:
+        raise ValueError(f"header of {size} bytes exceeds {MAX_HEADER_SIZE}")
+    if len(header) != size:
+        raise ValueError("header truncated")
+    body = header[12 if header[6] > 1 else 10 :]
+    literal = ast.literal_eval(body.decode("utf8" if header[6] == 3 else "latin1"))
+    dtype, shape, fortran = _check_literal(literal)
+    return NpyHeader(dtype=dtype, shape=shape, fortran_order=fortran, size=size)
 
 
 def _check_literal(literal: object) -> tuple[np.dtype, tuple[int, ...], bool]:

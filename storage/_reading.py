@@ -20,8 +20,8 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import _npy as npy
 from ._zipread import READ_BLOCK, MemberStream, ZipReader
 from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchiveError
-from .fs import Location, resolve, storage_errors
+from .fs import Location, as_storage_error, resolve
 
 __all__ = ["ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "read_npy"]
 
@@ -91,7 +91,7 @@ class ArchiveSource:
     def errors(self) -> AbstractContextManager[None]:
         """A context in which parse errors become ArchiveError and transport
         failures StorageError, both naming this source."""
-        return _reading_errors(self.source)
+        return _ReadingErrors(self.source)
 
 
 def open_source(
@@ -105,7 +105,7 @@ def open_source(
     """
     if not isinstance(src, (str, os.PathLike, Location)):
         source = repr(src)
-        with _reading_errors(source):
+        with _ReadingErrors(source):
             seekable = getattr(src, "seekable", None)  # zipfile needs only read, seek and tell
             if seekable is not None and not seekable():
                 raise NotAnArchiveError(f"{source}: cannot be read as a ZIP archive: it is not "
@@ -114,7 +114,7 @@ def open_source(
     location = resolve(src, storage_options)
     local = isinstance(location.fs, LocalFileSystem)
     options = {} if local else {"block_size": REMOTE_BLOCK, "cache_type": "readahead"}
-    with _reading_errors(location.url):
+    with _ReadingErrors(location.url):
         if local:
             _check_regular(location.path)
         f = location.fs.open(location.path, "rb", **options)
@@ -147,22 +147,26 @@ def _kind(mode: int) -> str:
     return next((kind for test, kind in kinds.items() if test(mode)), "special file")
 
 
-@contextmanager
-def _reading_errors(source: str) -> Iterator[None]:
+class _ReadingErrors:
     """Transport failures become StorageError first (some are ValueErrors
-    too: SSL certificate and invalid URL errors), then parse errors ArchiveError."""
-    with _as_archive_errors(source), storage_errors(source):
-        yield
+    too: SSL certificate and invalid URL errors), then parse errors ArchiveError.
+    A class, not a generator: it is entered once per array read."""
 
+    def __init__(self, source: str) -> None:
+        self._source = source
 
-@contextmanager
-def _as_archive_errors(source: str) -> Iterator[None]:
-    try:
-        yield
-    except CheckpointError:
-        raise
-    except (struct.error, zlib.error, EOFError, ValueError) as exc:
-        raise ArchiveError(f"{source}: malformed archive: {exc}") from exc
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, CheckpointError):
+            return False
+        failure = as_storage_error(self._source, exc)
+        if failure is not None:
+            raise failure from exc
+        if isinstance(exc, (struct.error, zlib.error, EOFError, ValueError)):
+            raise ArchiveError(f"{self._source}: malformed archive: {exc}") from exc
+        return False
 
 
 def _header(stream: NpyStream, where: str, *, pickled: bool) -> tuple[npy.NpyHeader, bytes]:
@@ -170,6 +174,15 @@ def _header(stream: NpyStream, where: str, *, pickled: bool) -> tuple[npy.NpyHea
     ``pickled``); return it and the bytes read past it."""
     total = stream.remaining
     head = stream.read(min(12, total))
+    length = _header_length(head, total, where)
+    head += stream.read(max(0, length - len(head)))
+    header = npy.parse_header(head[:length], data_size=total - length, where=where, pickled=pickled)
+    return header, head[length:]
+
+
+def _header_length(head: bytes, total: int, where: str) -> int:
+    """The NPY header length announced by ``head`` (its first 12 bytes), checked
+    to fit a member of ``total`` bytes."""
     try:
         length = npy.header_length(head)
     except ValueError as exc:
@@ -178,9 +191,7 @@ def _header(stream: NpyStream, where: str, *, pickled: bool) -> tuple[npy.NpyHea
         raise BadNpyHeaderError(
             f"{where}: NPY header of {length} bytes does not fit a member of {total} bytes"
         )
-    head += stream.read(max(0, length - len(head)))
-    header = npy.parse_header(head[:length], data_size=total - length, where=where, pickled=pickled)
-    return header, head[length:]
+    return length
 
 
 def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
@@ -207,16 +218,23 @@ def read_npy(
     """
     with source.errors():
         where = f"{source.source}: member {name!r}"
+        reader = source.reader
+        if stream is None and source.mapping is None:
+            data = reader.read_small(name)
+            if data is not None:  # the usual small array: one request, no stream
+                return _small_npy(reader, name, data, where, unpickle)
         member = stream is None
-        stream = source.reader.open(name) if stream is None else stream
+        stream = reader.open(name) if stream is None else stream
         header, rest = _header(stream, where, pickled=unpickle is not None)
         if header.pickled:
             assert unpickle is not None  # _header refuses object dtypes without it
-            return _unpickled(stream, rest, header, where, unpickle)
+            data = rest + stream.read(stream.remaining)
+            stream.finish()
+            return _unpickled(data, header, where, unpickle)
         order = "F" if header.fortran_order else "C"
-        mapped = member and source.mapping is not None and source.reader.member(name).method == 0
+        mapped = member and source.mapping is not None and reader.member(name).method == 0
         if mapped and header.nbytes:  # nothing to map (numpy cannot map zero-size items)
-            offset = source.reader.data_offset(source.reader.member(name)) + header.size
+            offset = reader.data_offset(reader.member(name)) + header.size
             flat = np.frombuffer(
                 source.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
             )
@@ -229,13 +247,27 @@ def read_npy(
         return array
 
 
-def _unpickled(
-    stream: NpyStream, rest: bytes, header: npy.NpyHeader, where: str, unpickle: Unpickle
+def _small_npy(
+    reader: ZipReader, name: str, data: bytes, where: str, unpickle: Unpickle | None
 ) -> np.ndarray:
-    """The object array pickled after ``header``: its bytes are checked (CRC)
-    before ``unpickle`` sees them, and what it returns must be what the header declares."""
-    data = rest + stream.read(stream.remaining)
-    stream.finish()
+    """The array in ``data``, the whole of a stored member not CRC-checked yet:
+    the header is judged first, as when streaming, then the CRC, then the copy."""
+    length = _header_length(data[:12], len(data), where)
+    header = npy.parse_header(
+        data[:length], data_size=len(data) - length, where=where, pickled=unpickle is not None
+    )
+    reader.check_crc(name, data)
+    if header.pickled:
+        assert unpickle is not None  # parse_header refuses object dtypes without it
+        return _unpickled(data[length:], header, where, unpickle)
+    array = np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
+    _bytes_of(array, header.fortran_order)[:] = memoryview(data)[length:]
+    return array
+
+
+def _unpickled(data: bytes, header: npy.NpyHeader, where: str, unpickle: Unpickle) -> np.ndarray:
+    """The object array pickled in ``data`` (after ``header``, CRC already
+    checked); what ``unpickle`` returns must be what the header declares."""
     array = unpickle(data, where)
     if not (isinstance(array, np.ndarray) and array.dtype == header.dtype and array.shape == header.shape):
         found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__

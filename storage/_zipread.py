@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import IO
 
-from ._crc import running_crc
+from ._crc import crc32, running_crc
 from ._ziprecords import (
     CENTRAL_ENTRY,
     COUNT_LIMIT,
@@ -67,6 +67,7 @@ TAIL_SIZE = END.size + 0xFFFF + ZIP64_LOCATOR.size + ZIP64_END.size  # 0xFFFF: l
 MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest possible expansion
 READ_BLOCK = 4 << 20  # compressed bytes read at a time
 OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
+SMALL_MEMBER = 1 << 20  # stored members up to this size (with headers) are read in one request
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,13 @@ class ZipReader:
 
     def read_at(self, offset: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``offset`` or :class:`TruncatedArchiveError`."""
-        data = bytearray(size)
         self.file.seek(offset)
-        got = _fill(self.file, memoryview(data))
+        first = self.file.read(size)
+        if len(first) == size:  # the usual case: one call
+            return first
+        data = bytearray(size)
+        data[: len(first)] = first
+        got = len(first) + _fill(self.file, memoryview(data)[len(first) :]) if first else 0
         if got != size:
             raise self._fail(TruncatedArchiveError, f"ends at {offset + got}, "
                              f"{size} bytes were expected at offset {offset}")
@@ -263,26 +268,57 @@ class ZipReader:
                 raise self._fail(NotAnArchiveError, f"member {member.name!r} overlaps the next one")
             if member.name in result:
                 raise self._fail(NotAnArchiveError, f"duplicate member {member.name!r}")
-            result[member.name] = replace(member, limit=limit)
+            result[member.name] = Member(  # not dataclasses.replace: 3x the time, per member
+                member.name, member.method, member.crc, member.compressed_size, member.size,
+                member.header_offset, limit,
+            )
         return {m.name: result[m.name] for m in members}
 
     def data_offset(self, member: Member) -> int:
         """Absolute offset of the member's (compressed) data, from its local header."""
         if member.name not in self._data_offsets:
-            header = LOCAL_HEADER.unpack_from(self.read_at(member.header_offset, LOCAL_HEADER.size))
-            if header is None:
-                raise self._fail(NotAnArchiveError, f"member {member.name!r}: bad local header")
-            name_start = member.header_offset + LOCAL_HEADER.size
-            raw_name = self.read_at(name_start, header.name_length)
-            if raw_name.decode("utf8" if header.flags & FLAG_UTF8 else "cp437") != member.name:
-                raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
-                                 f"names {raw_name!r}")
-            start = name_start + header.name_length + header.extra_length
-            if start + member.compressed_size > member.limit:
-                raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
-                                 f"disagrees with the central directory")
-            self._data_offsets[member.name] = start
+            # The name as UTF-8 is at least as long as in any encoding a ZIP uses.
+            wanted = LOCAL_HEADER.size + len(member.name.encode("utf8"))
+            head = self.read_at(member.header_offset, min(wanted, member.limit - member.header_offset))
+            self._data_offsets[member.name] = self._data_start(member, head)
         return self._data_offsets[member.name]
+
+    def _data_start(self, member: Member, head: bytes) -> int:
+        """Where the data starts, from ``head``: the file's bytes from the member's
+        local header on, at least as many as the header and the directory's name."""
+        header = LOCAL_HEADER.unpack_from(head)
+        if header is None:
+            raise self._fail(NotAnArchiveError, f"member {member.name!r}: bad local header")
+        name_end = LOCAL_HEADER.size + header.name_length
+        raw_name = (
+            head[LOCAL_HEADER.size : name_end]
+            if len(head) >= name_end
+            else self.read_at(member.header_offset + LOCAL_HEADER.size, header.name_length)
+        )
+        if raw_name.decode("utf8" if header.flags & FLAG_UTF8 else "cp437") != member.name:
+            raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
+                             f"names {raw_name!r}")
+        start = member.header_offset + LOCAL_HEADER.size + header.name_length + header.extra_length
+        if start + member.compressed_size > member.limit:
+            raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
+                             f"disagrees with the central directory")
+        return start
+
+    def read_small(self, name: str) -> bytes | None:
+        """The data of stored member ``name``, local header and data read in one
+        request, its CRC-32 not checked yet (:meth:`check_crc`); None if the
+        member is not stored or spans more than :data:`SMALL_MEMBER` bytes."""
+        member = self.member(name)
+        span = member.limit - member.header_offset
+        if member.method != STORED or span > SMALL_MEMBER:
+            return None
+        head = self.read_at(member.header_offset, span)
+        start = self._data_start(member, head) - member.header_offset
+        return head[start : start + member.size]
+
+    def check_crc(self, name: str, data: bytes | memoryview) -> None:
+        """:class:`ChecksumError` unless ``data`` has the CRC-32 of member ``name``."""
+        _check_crc(self, self.member(name), crc32(data))
 
     def open(self, name: str) -> MemberStream:
         """A reader of the uncompressed data of member ``name``."""
@@ -291,10 +327,20 @@ class ZipReader:
 
     def read(self, name: str) -> bytes:
         """The whole (uncompressed, CRC-checked) content of member ``name``."""
+        data = self.read_small(name)
+        if data is not None:
+            self.check_crc(name, data)
+            return data
         stream = self.open(name)
         data = stream.read(stream.member.size)
         stream.finish()
         return data
+
+
+def _check_crc(reader: ZipReader, member: Member, computed: int) -> None:
+    if computed != member.crc:
+        raise reader._fail(ChecksumError, f"member {member.name!r}: CRC-32 mismatch "
+                           f"(stored {member.crc:08x}, computed {computed:08x})")
 
 
 def _end_records(tail: bytes) -> list[tuple[int, EndRecord]]:
@@ -465,6 +511,4 @@ class MemberStream:
             raise self._fail(TruncatedArchiveError, f"{self._left} bytes left unread")
         if self._inflater is not None and self._inflate(1):
             raise self._fail(ArchiveTooLargeError, "inflates beyond its declared size")
-        if self._crc != self.member.crc:
-            raise self._fail(ChecksumError, f"CRC-32 mismatch (stored {self.member.crc:08x}, "
-                             f"computed {self._crc:08x})")
+        _check_crc(self._reader, self.member, self._crc)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
 
-from ._crc import crc32, running_crc
+from ._crc import THREADED, crc32, running_crc
 from ._ziprecords import (
     ALIGN_HEADER,
     CENTRAL_ENTRY,
@@ -49,6 +49,7 @@ from ._ziprecords import (
 __all__ = ["ZipWriter", "WrittenMember"]
 
 WRITE_BLOCK = 16 << 20  # bytes handed to the file per write call
+GATHER = 1 << 20  # records and small members are gathered up to this size per write call
 METHODS = {"stored": STORED, "deflate": DEFLATED}
 
 
@@ -64,6 +65,11 @@ class WrittenMember:
     compressed_size: int
     size: int
     zip64: bool
+
+
+def _check_size(name: str, size: int, written: int) -> None:
+    if written != size:
+        raise ValueError(f"member {name!r}: announced {size} bytes, got {written}")
 
 
 def _dos_time(stamp: float) -> tuple[int, int]:
@@ -92,6 +98,7 @@ class ZipWriter:
         self._method = METHODS[compression]
         self._force_zip64 = force_zip64
         self._position = 0
+        self._gathered = bytearray()
         self._members: list[WrittenMember] = []
         self._names: set[str] = set()
         self._time, self._date = _dos_time(time.time())
@@ -114,17 +121,28 @@ class ZipWriter:
         encoded = name.encode("utf8")
         zip64 = self._force_zip64 or size * 1.01 + 1024 >= ZIP64_LIMIT
         header_offset = self._position
-        self._write(self._local_header(encoded, zip64, header_offset, align))
-        data_offset = self._position
-        if self._method == STORED:
-            crc, written = self._write_stored(chunks)
-            compressed = written
-        else:
-            crc, written, compressed = self._write_deflated(chunks)
-        if written != size:
-            raise ValueError(f"member {name!r}: announced {size} bytes, got {written}")
+        header = self._local_header(encoded, zip64, header_offset, align)
+        data_offset = header_offset + len(header)
         descriptor = ZIP64_DESCRIPTOR if zip64 else DESCRIPTOR
-        self._write(descriptor.pack(DataDescriptor(crc=crc, compressed_size=compressed, size=size)))
+        if self._method == STORED and size < THREADED:  # one write, no CRC thread
+            pieces = [header, *chunks]
+            crc = written = 0
+            for chunk in pieces[1:]:
+                crc = crc32(chunk, crc)
+                written += len(chunk)
+            compressed = written
+            _check_size(name, size, written)
+            pieces.append(descriptor.pack(DataDescriptor(crc, compressed, size)))
+            self._write(b"".join(pieces))
+        else:
+            self._write(header)
+            if self._method == STORED:
+                crc, written = self._write_stored(chunks)
+                compressed = written
+            else:
+                crc, written, compressed = self._write_deflated(chunks)
+            _check_size(name, size, written)
+            self._write(descriptor.pack(DataDescriptor(crc=crc, compressed_size=compressed, size=size)))
         member = WrittenMember(
             name, self._method, header_offset, data_offset, crc, compressed, size, zip64
         )
@@ -162,6 +180,7 @@ class ZipWriter:
             directory_size=directory_size, directory_offset=directory_offset, comment_length=0,
         )
         self._write(END.pack(end))
+        self._flush()
 
     def _flags(self, encoded: bytes) -> int:
         return FLAG_DESCRIPTOR | (FLAG_UTF8 if not encoded.isascii() else 0)
@@ -184,14 +203,14 @@ class ZipWriter:
 
     def _central_entry(self, member: WrittenMember) -> bytes:
         encoded = member.name.encode("utf8")
-        fields = [member.size, member.compressed_size, member.header_offset]
-        large = [self._force_zip64 or value >= ZIP64_LIMIT for value in fields]
-        extra_values = [value for value, big in zip(fields, large) if big]
-        extra = zip64_extra(extra_values) if extra_values else b""
-        size, compressed, offset = (
-            ZIP64_LIMIT if big else value for value, big in zip(fields, large)
-        )
-        version = 45 if extra_values else 20
+        fields = (member.size, member.compressed_size, member.header_offset)
+        extra, version = b"", 20
+        size, compressed, offset = fields
+        if self._force_zip64 or max(fields) >= ZIP64_LIMIT:
+            large = [self._force_zip64 or value >= ZIP64_LIMIT for value in fields]
+            extra = zip64_extra([value for value, big in zip(fields, large) if big])
+            size, compressed, offset = (ZIP64_LIMIT if big else value for value, big in zip(fields, large))
+            version = 45
         entry = CentralEntry(
             version_made=(3 << 8) | version, version_needed=version, flags=self._flags(encoded),
             method=member.method, time=self._time, date=self._date, crc=member.crc,
@@ -202,13 +221,30 @@ class ZipWriter:
         return CENTRAL_ENTRY.pack(entry) + encoded + extra
 
     def _write(self, data: memoryview | bytes) -> None:
-        view = memoryview(data).cast("B")
+        # A tiny member costs three records and its data: one write call per
+        # GATHER bytes instead of four per member (each is a syscall, or a
+        # call into an upload's buffer).
+        view = data if type(data) is bytes else memoryview(data).cast("B")
+        self._position += len(view)
+        if len(view) < GATHER:
+            self._gathered += view
+            if len(self._gathered) >= GATHER:
+                self._flush()
+            return
+        self._flush()
+        self._write_through(memoryview(view))
+
+    def _flush(self) -> None:
+        if self._gathered:
+            self._write_through(memoryview(self._gathered))
+            self._gathered = bytearray()
+
+    def _write_through(self, view: memoryview) -> None:
         start = 0
         while start < len(view):
             block = view[start : start + WRITE_BLOCK]
             count = self._file.write(block)
             start += len(block) if count is None else count  # raw files may write less
-        self._position += len(view)
 
     def _write_stored(self, chunks: Iterable[memoryview | bytes]) -> tuple[int, int]:
         written = 0

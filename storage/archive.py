@@ -235,7 +235,7 @@ class Archive:
                 array = read_npy(archive, name, unpickle=_refuse_object_array)
                 loaded[name] = restorer.restore(kind, name, array, entry)
             else:
-                stream = self._gpuarray(name, kind == "gpuarray")
+                stream = self._gpuarray(name, True) if kind == "gpuarray" else None
                 loaded[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
             return loaded[name]
 

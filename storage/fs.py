@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
@@ -37,6 +37,7 @@ from .errors import CheckpointError, ObjectExistsError, StorageError
 
 __all__ = [
     "Location",
+    "as_storage_error",
     "atomic_write",
     "fresh_listing",
     "is_abandoned_temp",
@@ -140,16 +141,36 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-@contextmanager
-def storage_errors(url: str) -> Iterator[None]:
+def storage_errors(url: str) -> AbstractContextManager[None]:
     """Raise transport failures (OSError, botocore, aiohttp) as :class:`StorageError`
     naming ``url``. Not-found and exists errors and our own errors pass unchanged."""
-    try:
-        yield
-    except (CheckpointError, FileNotFoundError, FileExistsError):
-        raise
-    except _transport_errors() as exc:
-        raise StorageError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    return _StorageErrors(url)
+
+
+class _StorageErrors:
+    """:func:`storage_errors` as a class: it is entered once per array read."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        failure = as_storage_error(self.url, exc)
+        if failure is not None:
+            raise failure from exc
+        return False
+
+
+def as_storage_error(url: str, exc: BaseException | None) -> StorageError | None:
+    """``exc`` as the :class:`StorageError` :func:`storage_errors` raises, or
+    None if it is no transport failure (or not-found, exists, one of ours)."""
+    if exc is None or isinstance(exc, (CheckpointError, FileNotFoundError, FileExistsError)):
+        return None
+    if isinstance(exc, _transport_errors()):
+        return StorageError(f"{url}: {type(exc).__name__}: {exc}")
+    return None
 
 
 def is_abandoned_temp(fs: AbstractFileSystem, entry: dict[str, Any]) -> bool:

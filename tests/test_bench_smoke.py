@@ -51,6 +51,12 @@ def test_quick_run_prints_a_row_per_case_and_the_targets(tmp_path: Path) -> None
         assert ("n/a" in line) == bool(_peer(name)), line
     assert len(report["targets"]) == 14
     assert "issue-6 targets:" in proc.stdout
+    scaling = [(p["series"], p["arrays"], p["nbytes"] >> 20) for p in report["scaling"]]
+    assert scaling == [("arrays", 4, 1), ("arrays", 64, 1), ("bytes", 8, 1), ("bytes", 8, 4)]
+    for point in report["scaling"]:
+        assert point["save_peer"] == "pickle protocol 5" and point["save_ratio"] > 0
+        assert point["load_peer"] == "pickle" and point["load_ratio"] > 0
+    assert "scaling (median of 1" in proc.stdout and "64 x 16.0 KiB" in proc.stdout
 
 
 def _peer(name: str) -> str | None:
