@@ -321,8 +321,8 @@ def _check_destination(dest: Location, text: str, *, force: bool, parents: bool)
         raise CheckpointError(f"{text} is a folder: give the snapshot's file name, e.g. {text.rstrip('/')}/snapshot.zip")
     if fs.exists(dest.path) and not force:
         raise ObjectExistsError(f"{text} exists: pass --force to overwrite it")
-    parent = fs._parent(dest.path)
-    if isinstance(fs, LocalFileSystem) and not fs.isdir(parent) and not parents:
+    parent = os.path.dirname(dest.path)
+    if isinstance(fs, LocalFileSystem) and not os.path.isdir(parent) and not parents:
         raise CheckpointNotFoundError(f"{text}: folder {parent} does not exist; pass --parents to create it")
 
 
