@@ -198,7 +198,7 @@ class CheckpointStore:
         self.mode = mode
         self._scores: dict[int, float | None] = {}
         location = resolve(root, storage_options)
-        self._root = Location(location.fs, location.path.rstrip("/") or location.path)
+        self._root = Location(location.fs, location.path.rstrip("/") or location.path, location.transfer)
         self._pending: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
         self._failure: BaseException | None = None
