@@ -221,3 +221,20 @@ def test_a_running_run_is_running_and_turns_stale_when_killed(tmp_path: Path) ->
     assert stale.latest_step is not None and stale.latest_step < 100_000
     result = run("runs", str(tmp_path / "runs"))
     assert result.stdout.splitlines()[1].split()[2] == "stale"
+
+
+def test_history_segments_merge_in_write_order_on_every_storage(root: Root) -> None:
+    from luigi_checkpoint.storage.fs import resolve
+    from luigi_checkpoint.storage.history import read_history, read_latest, write_history
+
+    run = resolve(root.url, root.storage_options)
+    write_history(run, [(1, {"loss": 1.0}), (2, {"loss": 0.9}), (3, {"loss": 0.8})])
+    write_history(run, [(4, {"loss": 0.7}), (5, {"loss": 0.6})])  # then the attempt crashed at 5
+    write_history(run, [(4, {"loss": 0.75}), (5, {"loss": 0.65}), (6, {"loss": 0.5, "acc": 0.9})])  # the rerun
+    history = read_history(run)
+    assert history.steps == (1, 2, 3, 4, 5, 6)
+    assert history.series("loss") == ([1, 2, 3, 4, 5, 6], [1.0, 0.9, 0.8, 0.75, 0.65, 0.5])
+    assert history.names() == ["loss", "acc"] and history.series("acc") == ([6], [0.9])
+    step, metrics, _ = read_latest(run)
+    assert (step, metrics) == (6, {"loss": 0.5, "acc": 0.9})
+    assert read_history(run.child("nothing")).steps == () and read_latest(run.child("nothing")) is None
