@@ -62,10 +62,6 @@ class Server:
     moto: subprocess.Popen[str] | None = None
 
     @property
-    def name(self) -> str:
-        return self.s3.kind
-
-    @property
     def storage_options(self) -> dict[str, Any]:
         return self.s3.storage_options
 

@@ -69,15 +69,18 @@ def _try_claim(fs: AbstractFileSystem, path: str, generation: int) -> bool:
     """Create claim ``generation`` of ``path`` unless it exists; whether this writer got it."""
     claim = f"{_claim_prefix(path)}{generation}.partial"
     bucket, _, key = claim.partition("/")
+    token = uuid.uuid4().hex.encode()
     try:
-        fs.call_s3("put_object", Bucket=bucket, Key=key, Body=uuid.uuid4().hex.encode(), IfNoneMatch="*")
+        fs.call_s3("put_object", Bucket=bucket, Key=key, Body=token, IfNoneMatch="*")
     except OSError:
         # s3fs raises FileExistsError for a 412 that names its condition, and
-        # OSError(EINVAL) for one that does not (SeaweedFS): either way, the
-        # claim exists if another writer got it.
-        fs.invalidate_cache(claim)
-        if fs.exists(claim):
-            return False
+        # OSError(EINVAL) for one that does not (SeaweedFS). The claim then
+        # exists: another writer's, or this one's if the answer to a first
+        # attempt was lost and the client retried.
+        try:
+            return fs.cat_file(claim) == token
+        except FileNotFoundError:
+            pass
         raise
     return True
 

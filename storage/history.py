@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from . import _jsonfile
 from .fs import Location, fresh_listing
 
-__all__ = ["FOLDER", "History", "read_history", "write_history"]
+__all__ = ["FOLDER", "History", "read_history", "read_latest", "write_history"]
 
 FOLDER = "history"
 _FORMAT = "luigi-checkpoint/history"
@@ -33,12 +33,10 @@ _SEGMENT = re.compile(r"steps-(\d{12})-(\d{12})\.json")
 
 @dataclass(frozen=True)
 class History:
-    """The metrics of a run by step, ascending; ``written`` is when the newest
-    segment was written (None: no history)."""
+    """The metrics of a run by step, ascending."""
 
     steps: tuple[int, ...]
     metrics: tuple[Mapping[str, float], ...]
-    written: datetime | None
 
     def names(self) -> list[str]:
         """Every metric name, in the order first seen."""
@@ -73,19 +71,31 @@ def write_history(run: Location, records: Iterable[tuple[int, Mapping[str, float
 def read_history(run: Location) -> History:
     """The merged history of ``run`` (empty if it has none)."""
     folder = run.child(FOLDER)
-    segments = []
-    for entry in fresh_listing(folder):
-        name = entry["name"].rstrip("/").rpartition("/")[2]
-        if entry.get("type") == "file" and _SEGMENT.fullmatch(name):
-            segment = _jsonfile.read(folder.child(name), _FORMAT)
-            if segment is not None:
-                segments.append(segment)
+    segments = [s for name in _segment_names(folder) if (s := _jsonfile.read(folder.child(name), _FORMAT))]
     merged: dict[int, Mapping[str, float]] = {}
     for segment in sorted(segments, key=lambda s: s["written_ns"]):
         merged.update((int(step), metrics) for step, metrics in segment["steps"])
-    written = (
-        datetime.fromtimestamp(max(s["written_ns"] for s in segments) / 1e9, timezone.utc)
-        if segments else None
-    )
     steps = sorted(merged)
-    return History(tuple(steps), tuple(merged[s] for s in steps), written)
+    return History(tuple(steps), tuple(merged[s] for s in steps))
+
+
+def read_latest(run: Location) -> tuple[int, Mapping[str, float], datetime] | None:
+    """``(step, metrics, written)`` of the newest step in ``run``'s history,
+    reading one segment (the one reaching furthest); None for no history."""
+    folder = run.child(FOLDER)
+    for name in sorted(_segment_names(folder), key=lambda n: _SEGMENT.fullmatch(n).group(2), reverse=True):
+        segment = _jsonfile.read(folder.child(name), _FORMAT)
+        if segment and segment["steps"]:
+            step, metrics = segment["steps"][-1]
+            return int(step), metrics, _time(segment["written_ns"])
+    return None
+
+
+def _segment_names(folder: Location) -> list[str]:
+    names = (entry["name"].rstrip("/").rpartition("/")[2] for entry in fresh_listing(folder)
+             if entry.get("type") == "file")
+    return [name for name in names if _SEGMENT.fullmatch(name)]
+
+
+def _time(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc)

@@ -26,7 +26,7 @@ from typing import Any
 from . import _jsonfile, _manifest
 from .checkpoints import CheckpointStore
 from .fs import Location, resolve, storage_errors
-from .history import read_history
+from .history import read_latest
 
 __all__ = ["RECORD", "RunInfo", "differing_parameters", "list_runs", "read_run_record", "write_run_record"]
 
@@ -107,10 +107,9 @@ def _run_info(run: Location) -> RunInfo | None:
     if record is None:
         return None
     steps = CheckpointStore(run, keep_last=None).steps()
-    history = read_history(run)
-    latest = history.latest()
+    latest = read_latest(run)
     started = _manifest.parse_time(record["started"])
-    last_activity = max(started, history.written) if history.written else started
+    last_activity = max(started, latest[2]) if latest else started
     total = record.get("total_steps")
     if steps and total is not None and steps[-1] >= total:
         state = "done"

@@ -107,12 +107,17 @@ class S3Server:
 
 
 def _pages(fs: Any, operation: str, bucket: str, field: str) -> Iterator[list[dict[str, Any]]]:
-    """The non-empty pages of a listing of the whole bucket (each read after
-    the previous one was handled, so deleting what a page lists is fine)."""
+    """The non-empty pages of a listing of the whole bucket, each read after
+    the previous one was handled (deleted); a page that comes back unchanged
+    could not be deleted, which is an error."""
+    previous = None
     while True:
         entries = fs.call_s3(operation, Bucket=bucket).get(field, [])
         if not entries:
             return
+        if entries == previous:
+            raise RuntimeError(f"cannot empty bucket {bucket}: {operation} still lists {entries[0]}")
+        previous = entries
         yield entries
 
 

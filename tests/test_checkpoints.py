@@ -36,6 +36,7 @@ from luigi_checkpoint.storage.errors import (
 
 from .conftest import BUCKET, Root, S3Server
 from .helpers_store import assert_same, atomic_s3_front_end, make_state
+from .soak.faultproxy import FaultPlan, FaultProxy
 
 HELPER = Path(__file__).with_name("helpers_store.py")
 
@@ -567,7 +568,7 @@ def test_two_processes_saving_new_s3_steps_at_once_one_wins_every_time(
     assert _claims_under(store.root.fs, f"{BUCKET}/race") == []
 
 
-def test_a_claim_left_by_a_killed_writer_does_not_block_the_step(
+def test_an_s3_claim_left_by_a_killed_writer_does_not_block_the_step(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_s3claim, "CLAIM_STALE", 0.5)
@@ -578,3 +579,20 @@ def test_a_claim_left_by_a_killed_writer_does_not_block_the_step(
     assert store.steps() == [3]
     assert_same(store.restore(3)[1], make_state(3))
     assert _claims_under(fs, f"{BUCKET}/killed") == []
+
+
+def test_an_s3_claim_whose_answer_was_lost_is_still_this_writers(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server makes the claim, the answer is lost, the client retries and
+    gets 412: the claim holds this writer's token, so it goes on with it
+    instead of waiting it out as a dead writer's and claiming the next one."""
+    monkeypatch.setattr(_s3claim, "CLAIM_STALE", 0.5)
+    plan = FaultPlan({"reset_after": 1.0}, methods=frozenset({"PUT"}), target=".claim-0.partial", max_faults=1)
+    with FaultProxy(s3.endpoint_url, plan) as proxy:
+        CheckpointStore(f"s3://{BUCKET}/lost", storage_options=s3.options_via(proxy.url)).save(1, make_state(1))
+    assert proxy.injected == {"reset_after": 1}
+    assert not [r for r in proxy.received if ".claim-1" in r]
+    store = CheckpointStore(f"s3://{BUCKET}/lost", storage_options=s3.storage_options)
+    assert_same(store.restore(1)[1], make_state(1))
+    assert _claims_under(store.root.fs, f"{BUCKET}/lost") == []

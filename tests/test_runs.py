@@ -24,7 +24,7 @@ from luigi_checkpoint.storage.plot import PNG_SIZE
 from luigi_checkpoint.storage.runs import read_run_record
 
 from .conftest import Root, make_root
-from .helpers_luigi import ForkedBuild, resumed_step, write_cfg, BASE
+from .helpers_luigi import BASE, ForkedBuild, resumed_step, wait_for, write_cfg
 from .test_cli import cli_options, run
 
 PARAMS = {"hidden": "16", "samples": 256, "features": 8, "batch_size": 16, "seed": 5, "checkpoint_every": 20}
@@ -94,31 +94,30 @@ def run_forked(tmp_path: Path, name: str, **params: Any) -> ForkedBuild:
 
 
 def test_raising_total_steps_extends_the_run_and_lowering_it_is_an_error(tmp_path: Path) -> None:
-    first = run_forked(tmp_path, "first", total_steps=60)
+    first = run_forked(tmp_path, "first", total_steps=300, checkpoint_every=100)
     assert first.process.exitcode == 0, first.output()
     # The local scheduler's console shows progress: at every checkpoint and every status_seconds.
     progress = re.findall(
-        r"TrainMLP \w+: step (\d+)/60 \(([\d.]+)%\), [\d.e+]+ steps/s, ETA \d+[smhd], "
+        r"TrainMLP \w+: step (\d+)/300 \(([\d.]+)%\), [\d.e+]+ steps/s, ETA \d+[smhd], "
         r"loss=\S+, accuracy=\S+, (?:checkpoint (\d+) \d+[smhd] ago|no checkpoint yet)",
         first.output(),
     )
-    assert [(step, saved) for step, _, saved in progress if saved] == [("20", "20"), ("40", "40"), ("60", "60")]
+    assert [(step, saved) for step, _, saved in progress if saved] == [("100", "100"), ("200", "200"), ("300", "300")]
     assert [float(share) for step, share, saved in progress if saved] == [33.3, 66.7, 100.0]
-    second = run_forked(tmp_path, "second", total_steps=100)
+
+    second = run_forked(tmp_path, "second", total_steps=500, checkpoint_every=100)
     assert second.process.exitcode == 0, second.output()
-    assert "resumed from step 60 of 100" in second.output()
-    assert resumed_step(second.output()) == 60
-
-    task = TrainMLP(checkpoint_root=str(tmp_path / "runs"), total_steps=100, **PARAMS)
-    assert task.run_id() == TrainMLP(checkpoint_root=str(tmp_path / "runs"), total_steps=60, **PARAMS).run_id()
+    task = TrainMLP(checkpoint_root=str(tmp_path / "runs"), total_steps=500, **PARAMS)
+    assert f"resumed from step 300 of 500, {task.checkpoint_store().url_of(300)}" in second.output()
+    assert task.run_id() == TrainMLP(checkpoint_root=str(tmp_path / "runs"), total_steps=300, **PARAMS).run_id()
     [only] = list_runs(tmp_path / "runs")
-    assert (only.latest_step, only.total_steps, only.state) == (100, 100, "done")
+    assert (only.url, only.latest_step, only.total_steps, only.state) == (task.checkpoint_store().root_url, 500, 500, "done")
 
-    lowered = run_forked(tmp_path, "lowered", total_steps=70, keep_last=1)
+    lowered = run_forked(tmp_path, "lowered", total_steps=450)  # no archive of step 450: it runs
     assert lowered.process.exitcode == 1
     assert "TotalStepsError" in lowered.output()
-    assert "total_steps=70 is below the newest checkpoint, step 100" in lowered.output()
-    assert task.checkpoint_store().steps()[-1] == 100
+    assert "total_steps=450 is below the newest checkpoint, step 500" in lowered.output()
+    assert task.checkpoint_store().steps()[-1] == 500
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -204,3 +203,38 @@ def test_ckpt_prune_keep_best(tmp_path: Path) -> None:
     maximizing = run("prune", store.root_url, "--keep-best", "1", "--monitor", "loss", "--mode", "max",
                      "--dry-run")
     assert maximizing.stdout.splitlines()[-1] == "would remove 2, kept 1: 50"
+
+
+def test_a_running_run_is_running_and_turns_stale_when_killed(tmp_path: Path) -> None:
+    params = {**PARAMS, "checkpoint_root": str(tmp_path / "runs"), "total_steps": 100_000, "checkpoint_every": 0,
+              "checkpoint_seconds": 0.2, "status_seconds": 0.1, "step_delay": 0.01}
+    build = ForkedBuild.start(TrainMLP, params, cfg=write_cfg(tmp_path / "luigi.cfg", BASE), log=tmp_path / "run.log")
+
+    def state() -> str | None:
+        runs = list_runs(tmp_path / "runs")
+        return runs[0].state if runs and runs[0].latest_step is not None else None
+
+    wait_for(lambda: state() == "running", what="the run to be listed as running with a checkpoint")
+    build.kill()
+    wait_for(lambda: state() == "stale", what="the killed run to turn stale")
+    [stale] = list_runs(tmp_path / "runs")
+    assert stale.latest_step is not None and stale.latest_step < 100_000
+    result = run("runs", str(tmp_path / "runs"))
+    assert result.stdout.splitlines()[1].split()[2] == "stale"
+
+
+def test_history_segments_merge_in_write_order_on_every_storage(root: Root) -> None:
+    from luigi_checkpoint.storage.fs import resolve
+    from luigi_checkpoint.storage.history import read_history, read_latest, write_history
+
+    run = resolve(root.url, root.storage_options)
+    write_history(run, [(1, {"loss": 1.0}), (2, {"loss": 0.9}), (3, {"loss": 0.8})])
+    write_history(run, [(4, {"loss": 0.7}), (5, {"loss": 0.6})])  # then the attempt crashed at 5
+    write_history(run, [(4, {"loss": 0.75}), (5, {"loss": 0.65}), (6, {"loss": 0.5, "acc": 0.9})])  # the rerun
+    history = read_history(run)
+    assert history.steps == (1, 2, 3, 4, 5, 6)
+    assert history.series("loss") == ([1, 2, 3, 4, 5, 6], [1.0, 0.9, 0.8, 0.75, 0.65, 0.5])
+    assert history.names() == ["loss", "acc"] and history.series("acc") == ([6], [0.9])
+    step, metrics, _ = read_latest(run)
+    assert (step, metrics) == (6, {"loss": 0.5, "acc": 0.9})
+    assert read_history(run.child("nothing")).steps == () and read_latest(run.child("nothing")) is None

@@ -37,6 +37,7 @@ def browser() -> str | None:
     return next((found for name in BROWSERS if (found := shutil.which(name))), None)
 
 
+@pytest.mark.slow  # a luigid, a training run and two browser starts: the default lane only
 def test_luigid_shows_checkpoint_age_run_folder_and_moving_progress(luigid: Any, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     cfg = write_cfg(tmp_path / "luigi.cfg", BASE, {"checkpoint": {"root": str(root)}})

@@ -118,12 +118,14 @@ class FaultProxy:
             self.requests = 0
             self.injected: Counter[str] = Counter()
             self.late: list[str] = []
+            self.received: list[str] = []  # "METHOD target" of every request
 
     def _draw(self, method: str, target: str) -> str | None:
         with self._lock:
             self.requests += 1
             plan = self._plan
             roll = self._rng.random()
+            self.received.append(f"{method} {target}")
             if self.requests <= plan.skip or (plan.methods is not None and method not in plan.methods):
                 return None
             if plan.target is not None and plan.target not in target:
