@@ -262,7 +262,7 @@ def _transfer_rows(
     state = make_state(layout, seed=1)
     raw = os.path.join(folder, "s3-state.bin")
     write_raw(state, raw)
-    progress(f"S3 transfers of {layout.nbytes / MiB:.0f} MiB on {server.name}")
+    progress(f"S3 transfers of {layout.nbytes / MiB:.0f} MiB on {server.s3.kind}")
     try:
         times = s3.transfer_cases(
             server.storage_options, state, raw, args.repeats, ours=ours is None
