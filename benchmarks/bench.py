@@ -29,7 +29,7 @@ import numpy as np
 
 from . import scaling, stall
 from .cases import CASES, Case, unavailable
-from .report import Row, ratio, table, targets, targets_table
+from .report import Row, Target, check_target, ratio, table, targets, targets_table
 from .state import MiB, Layout, make_layout, make_state, write_raw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,11 +38,12 @@ SCRATCH = REPO / ".bench-tmp"
 GROUPS = ("save", "load", "open", "async", "s3", "latest", "scaling")
 QUICK = {
     "size_mb": 8, "arrays": 4, "repeats": 1, "s3_size_mb": 2, "s3_archives": 50,
-    "scaling_counts": "4,64", "scaling_count_mb": 1, "scaling_sizes_mb": "1,4",
+    "scaling_counts": "4,64", "scaling_count_mb": 1, "scaling_sizes_mb": "1,4", "s3_servers": "moto",
 }
 FULL = {
     "size_mb": 1024, "arrays": 8, "repeats": 3, "s3_size_mb": 256, "s3_archives": 10_000,
     "scaling_counts": "8,1000,10000,50000", "scaling_count_mb": 128, "scaling_sizes_mb": "64,256,1024",
+    "s3_servers": "moto,seaweedfs",
 }
 
 
@@ -53,6 +54,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="repeats per case, the median is shown (default 3)")
     p.add_argument("--s3-size-mb", type=int, help="state size for the S3 cases (default 256)")
     p.add_argument("--s3-archives", type=int, help="archives for latest_step() (default 10000)")
+    p.add_argument(
+        "--s3-servers",
+        help="S3 servers of the transfer rows, side by side (default moto,seaweedfs; the first "
+        "also runs latest_step(); see tests/s3server.py for the choices)",
+    )
     p.add_argument(
         "--scaling-counts", help="numbers of arrays of the scaling table (default 8,1000,10000,50000)"
     )
@@ -194,6 +200,26 @@ def scaling_results(args: argparse.Namespace, folder: str) -> list[scaling.Resul
     return results
 
 
+def issue16_targets(rows: list[Row], scaled: list[scaling.Result]) -> list[Target]:
+    """S3 throughput at least the s3fs peers' on every server; per-array cost
+    within 1.5x of the fastest peer at 10,000 and 50,000 arrays."""
+    found = []
+    for row in rows:
+        for ours, peer, what in (("ours save", "s3fs put_file", "save"), ("ours restore", "s3fs cat_file", "restore")):
+            if row.group == "S3" and row.name.startswith(ours) and row.baseline:
+                r = ratio(rows, row)
+                server = row.name[len(ours) :].strip() or "first server"
+                value = None if r is None else 1 / r
+                found.append(check_target(f"S3 {what} vs {peer} {server}", value, 1.0, "{:.2f}x", lower=False))
+    for result in scaled:
+        if result.point.series == "arrays" and result.point.arrays in (10_000, 50_000):
+            for group in ("save", "load"):
+                value, peer = result.ratio(group)
+                name = f"{group} of {result.point.label} vs {peer or 'peers'}"
+                found.append(check_target(name, value, 1.5, "{:.2f}x"))
+    return found
+
+
 def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
     """The S3 transfer group and the latest_step() group, on one S3 server."""
     wanted = [g for g in ("s3", "latest") if g in args.groups]
@@ -206,11 +232,17 @@ def s3_rows(args: argparse.Namespace, folder: str) -> list[Row]:
 
     ours = unavailable(("luigi_checkpoint.storage.checkpoints",))
     rows = []
-    with s3.s3_server() as server:
-        if "s3" in wanted:
-            rows += _transfer_rows(args, folder, server, ours)
-        if "latest" in wanted:
-            rows += _latest_rows(args, server, ours)
+    for index, choice in enumerate(c for c in args.s3_servers.split(",") if c):
+        suffix = "" if index == 0 else f" [{choice}]"
+        try:
+            with s3.s3_server(choice) as server:
+                if "s3" in wanted:
+                    rows += _transfer_rows(args, folder, server, ours, suffix)
+                if "latest" in wanted and index == 0:
+                    rows += _latest_rows(args, server, ours)
+        except Exception as exc:  # a server that cannot start: its rows say why
+            skipped = f"n/a ({_failed(f'S3 server {choice}', exc)})"
+            rows += [Row("S3", f"{name}{suffix}", skipped=skipped) for name, _ in s3.TRANSFERS]
     return rows
 
 
@@ -219,14 +251,18 @@ def _failed(what: str, exc: Exception) -> str:
     return f"{what} failed: {exc!r}"[:80]
 
 
-def _transfer_rows(args: argparse.Namespace, folder: str, server: Any, ours: str | None) -> list[Row]:
+def _transfer_rows(
+    args: argparse.Namespace, folder: str, server: Any, ours: str | None, suffix: str
+) -> list[Row]:
+    """Our save and restore against s3fs's put_file and cat_file on ``server``
+    (``suffix`` names it in the rows of a second server)."""
     from . import s3
 
     layout = make_layout(args.s3_size_mb * MiB, args.arrays)
     state = make_state(layout, seed=1)
     raw = os.path.join(folder, "s3-state.bin")
     write_raw(state, raw)
-    progress(f"S3 transfers of {layout.nbytes / MiB:.0f} MiB")
+    progress(f"S3 transfers of {layout.nbytes / MiB:.0f} MiB on {server.s3.kind}")
     try:
         times = s3.transfer_cases(
             server.storage_options, state, raw, args.repeats, ours=ours is None
@@ -234,9 +270,9 @@ def _transfer_rows(args: argparse.Namespace, folder: str, server: Any, ours: str
     except Exception as exc:  # shown in the table; the other groups still count
         ours, times = _failed("S3 transfers", exc), {}
     return [
-        Row("S3", name, tuple(times[name]), layout.nbytes, baseline)
+        Row("S3", f"{name}{suffix}", tuple(times[name]), layout.nbytes, baseline and f"{baseline}{suffix}")
         if name in times
-        else Row("S3", name, skipped=f"n/a ({ours})")
+        else Row("S3", f"{name}{suffix}", skipped=f"n/a ({ours})")
         for name, baseline in s3.TRANSFERS
     ]
 
@@ -301,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if scaled:
         print(f"\nscaling (median of {args.repeats}, in this process; ours over the fastest installed peer):")
         print(scaling.table(scaled))
+    print("\nissue-16 targets:")
+    print(targets_table(issue16_targets(rows, scaled)))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

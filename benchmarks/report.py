@@ -90,7 +90,8 @@ class Target:
     met: bool | None  # None: not measured in this run
 
 
-def _check(name: str, value: float | None, limit: float, fmt: str, *, lower: bool = True) -> Target:
+def check_target(name: str, value: float | None, limit: float, fmt: str, *, lower: bool = True) -> Target:
+    """The target ``name``: ``value`` at most ``limit`` (at least, with ``lower=False``)."""
     if value is None:
         return Target(name, "n/a", fmt.format(limit), None)
     met = value <= limit if lower else value >= limit
@@ -118,46 +119,46 @@ def targets(rows: list[Row], state_bytes: int) -> list[Target]:
     put = _ratio_of(rows, "S3", "s3fs put_file", "ours save")
     cat = _ratio_of(rows, "S3", "s3fs cat_file", "ours restore")
     return [
-        _check("save vs raw os.write", _ratio_of(rows, "save", "ours (stored)", "raw os.write"), 1.15, x),
-        _check("save vs torch.save", _ratio_of(rows, "save", "ours (stored)", "torch.save"), 1.0, x),
-        _check("save vs np.savez", _ratio_of(rows, "save", "ours (stored)", "np.savez"), 1.0, x),
-        _check(
+        check_target("save vs raw os.write", _ratio_of(rows, "save", "ours (stored)", "raw os.write"), 1.15, x),
+        check_target("save vs torch.save", _ratio_of(rows, "save", "ours (stored)", "torch.save"), 1.0, x),
+        check_target("save vs np.savez", _ratio_of(rows, "save", "ours (stored)", "np.savez"), 1.0, x),
+        check_target(
             "save+fsync vs raw+fsync",
             _ratio_of(rows, "save", "ours (stored) + fsync", "raw os.write + fsync"),
             1.1,
             x,
         ),
-        _check("load vs raw readinto", _ratio_of(rows, "load", "ours", "raw readinto np.empty"), 1.2, x),
-        _check(
+        check_target("load vs raw readinto", _ratio_of(rows, "load", "ours", "raw readinto np.empty"), 1.2, x),
+        check_target(
             "np.load time / our load time",
             _ratio_of(rows, "load", "np.load of our archive", "ours"),
             3.0,
             x,
             lower=False,
         ),
-        _check("mmap open (ms)", opened.median * 1000 if opened and opened.median else None, 20, "{:.1f}"),
-        _check(
+        check_target("mmap open (ms)", opened.median * 1000 if opened and opened.median else None, 20, "{:.1f}"),
+        check_target(
             "save peak extra (MiB)",
             None if save_peak is None else save_peak / MiB,
             0.05 * state_bytes / MiB + 64,
             "{:.0f}",
         ),
-        _check("load peak / state", None if load_peak is None else load_peak / state_bytes, 1.1, x),
-        _check(
+        check_target("load peak / state", None if load_peak is None else load_peak / state_bytes, 1.1, x),
+        check_target(
             "async stall vs np.copyto",
             _ratio_of(rows, "async", "ours save(block=False)", "np.copyto into preallocated buffers"),
             1.5,
             x,
         ),
-        _check("S3 save throughput vs put_file", put, 0.9, x, lower=False),
-        _check("S3 restore throughput vs cat_file", cat, 0.9, x, lower=False),
-        _check(
+        check_target("S3 save throughput vs put_file", put, 0.9, x, lower=False),
+        check_target("S3 restore throughput vs cat_file", cat, 0.9, x, lower=False),
+        check_target(
             "latest_step() vs one listing",
             _ratio_of(rows, "S3 list", "ours latest_step()", "one plain listing"),
             1.5,
             x,
         ),
-        _check(
+        check_target(
             "latest_step() archive reads",
             latest.extra.get("archive_reads") if latest and latest.times else None,
             4,

@@ -20,19 +20,23 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from . import _npy as npy
-from ._zipread import READ_BLOCK, MemberStream, ZipReader
+from ._zipread import READ_BLOCK, SMALL_MEMBER, MemberStream, ZipReader
 from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchiveError
 from .fs import Location, as_storage_error, resolve
 
-__all__ = ["ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "read_npy"]
+__all__ = [
+    "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "prefetch_npys",
+    "read_npy",
+]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
 REMOTE_READ = 64 << 20  # one range request of array data (and its temporary copy)
@@ -119,7 +123,7 @@ def open_source(
             _check_regular(location.path)
         f = location.fs.open(location.path, "rb", **options)
         try:
-            reader = ZipReader(f, source=location.url, **({} if local else {"block_size": REMOTE_READ}))
+            reader = ZipReader(f, source=location.url, **({} if local else _remote_reading(f, location)))
             # The same open file the directory was read from, so a concurrent
             # replacement of the path cannot swap the bytes under the reader.
             mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if map_file and local else None
@@ -127,6 +131,17 @@ def open_source(
         except BaseException:
             f.close()
             raise
+
+
+def _remote_reading(f: IO[bytes], location: Location) -> dict[str, Any]:
+    """How a remote file's stored data is read: in large blocks and, for a
+    buffered object-store file, in concurrent range requests of that same file
+    (``_fetch_range``, fsspec's hook for its caches: on S3 it asks for the
+    version it opened, so a replaced object fails the read instead of mixing)."""
+    options: dict[str, Any] = {"block_size": REMOTE_READ}
+    if isinstance(f, AbstractBufferedFile):
+        options.update(fetch=f._fetch_range, transfer=location.transfer)
+    return options
 
 
 def _check_regular(path: str) -> None:
@@ -245,6 +260,41 @@ def read_npy(
         stream.readinto(view[len(rest) :])
         stream.finish()
         return array
+
+
+def prefetch_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays of the large stored NPY members among ``names`` of a source
+    on an object store, all fetched together with concurrent range requests
+    straight into their memory; empty elsewhere. Small, compressed and
+    object-array members are left to :func:`read_npy`.
+
+    Each member is fetched whole (local header, NPY header, data) into one
+    buffer placed so that data 64-byte aligned in the file is 64-byte aligned
+    in memory; its array is a view of it.
+    """
+    reader = source.reader
+    jobs: list[tuple[str, memoryview]] = []
+    with source.errors():
+        for name in names:
+            span = reader.span(name)
+            if span is None or span <= SMALL_MEMBER:
+                continue
+            buffer = np.empty(span + npy.ALIGN, np.uint8)
+            shift = (reader.member(name).header_offset - buffer.ctypes.data) % npy.ALIGN
+            jobs.append((name, memoryview(buffer[shift : shift + span])))
+        if not jobs:
+            return {}
+        arrays = {}
+        for (name, _), data in zip(jobs, reader.fetch_stored(jobs)):
+            where = f"{source.source}: member {name!r}"
+            length = _header_length(bytes(data[:12]), len(data), where)
+            header = npy.parse_header(
+                bytes(data[:length]), data_size=len(data) - length, where=where, pickled=True
+            )
+            if not header.pickled:
+                flat = np.frombuffer(data[length:], dtype=header.dtype, count=math.prod(header.shape))
+                arrays[name] = flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+        return arrays
 
 
 def _small_npy(

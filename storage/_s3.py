@@ -28,11 +28,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Container, Iterator
 from contextlib import contextmanager, suppress
-from typing import IO
+from typing import IO, Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from ._s3claim import claimed
+from ._s3upload import S3Upload
+from ._transfer import Transfer
 from .errors import ObjectExistsError
 
 __all__ = ["abort_upload", "abort_uploads_of_existing", "incomplete_uploads", "uploading"]
@@ -101,7 +103,7 @@ def _abort_stray_uploads(fs: AbstractFileSystem, path: str, before: set[str] | N
         logger.warning("%s: could not abort incomplete uploads: %s", fs.unstrip_protocol(path), exc)
 
 
-def discard(f: AbstractBufferedFile) -> None:
+def discard(f: AbstractBufferedFile | S3Upload) -> None:
     """Abort an uncommitted upload; marked closed, so that closing it later
     (``__del__`` included) uploads nothing more."""
     try:
@@ -113,14 +115,21 @@ def discard(f: AbstractBufferedFile) -> None:
 
 
 @contextmanager
-def uploading(fs: AbstractFileSystem, path: str, *, exclusive: bool) -> Iterator[IO[bytes]]:
+def uploading(
+    fs: AbstractFileSystem, path: str, *, exclusive: bool, transfer: Transfer = Transfer()
+) -> Iterator[IO[bytes]]:
     """Write ``path`` as an uncommitted upload, committed when the body succeeds.
 
     With ``exclusive=True`` an existing object is never replaced: the upload
-    is conditional and a lost race raises :class:`ObjectExistsError`.
+    is conditional and a lost race raises :class:`ObjectExistsError`. On S3
+    the parts go up concurrently, as ``transfer`` says (:mod:`._s3upload`).
     """
     before = _uploads_of(fs, path)
-    f = fs.open(path, "xb" if exclusive else "wb", autocommit=False)
+    f: Any = (
+        S3Upload(fs, path, exclusive=exclusive, transfer=transfer)
+        if _is_s3(fs)
+        else fs.open(path, "xb" if exclusive else "wb", autocommit=False)
+    )
     try:
         yield f
         f.close()

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
 from ._crc import crc32, running_crc
+from ._transfer import Transfer, read_into
 from ._ziprecords import (
     CENTRAL_ENTRY,
     COUNT_LIMIT,
@@ -45,6 +47,7 @@ from ._ziprecords import (
     FLAG_UTF8,
     LOCAL_HEADER,
     STORED,
+    ZIP64_DESCRIPTOR,
     ZIP64_END,
     ZIP64_EXTRA,
     ZIP64_LIMIT,
@@ -97,12 +100,25 @@ class ZipReader:
     ``source`` names the archive in error messages (a URL, path or repr).
     Stored data is read in reads of ``block_size`` bytes (remote files want
     few large range requests; the CRC of one block overlaps the next read).
+    Given ``fetch(start, end)`` (a remote file's range request) and
+    ``transfer``, :meth:`fetch_stored` reads whole members with concurrent
+    requests (:func:`~luigi_checkpoint.storage._transfer.read_into`).
     """
 
-    def __init__(self, file: IO[bytes], *, source: str, block_size: int = OUTPUT_BLOCK) -> None:
+    def __init__(
+        self,
+        file: IO[bytes],
+        *,
+        source: str,
+        block_size: int = OUTPUT_BLOCK,
+        fetch: Callable[[int, int], bytes] | None = None,
+        transfer: Transfer | None = None,
+    ) -> None:
         self.file = file
         self.source = source
         self.block_size = block_size
+        self.fetch = fetch
+        self.transfer = transfer
         self._data_offsets: dict[str, int] = {}
         try:
             self.members = self._read_directory()
@@ -319,6 +335,48 @@ class ZipReader:
     def check_crc(self, name: str, data: bytes | memoryview) -> None:
         """:class:`ChecksumError` unless ``data`` has the CRC-32 of member ``name``."""
         _check_crc(self, self.member(name), crc32(data))
+
+    def span(self, name: str) -> int | None:
+        """Bytes from member ``name``'s local header to the next member, if
+        :meth:`fetch_stored` can read it: a stored member of a reader with
+        ``fetch``, with no more than its headers around its data (never a gap
+        that a hostile directory makes up)."""
+        member = self.member(name)
+        span = member.limit - member.header_offset
+        most = member.size + LOCAL_HEADER.size + 2 * 0xFFFF + ZIP64_DESCRIPTOR.size
+        if self.fetch is None or member.method != STORED or span > most:
+            return None
+        return span
+
+    def fetch_stored(self, jobs: Sequence[tuple[str, memoryview]]) -> list[memoryview]:
+        """Read each member ``name`` into its ``view`` of :meth:`span` bytes, all
+        with concurrent range requests (``fetch``, ``transfer``); return the
+        views of their data, CRC-checked."""
+        assert self.fetch is not None and self.transfer is not None
+        members = [self.member(name) for name, _ in jobs]
+        starts = [0] * len(jobs)  # where the data starts in the view, once known
+        seen = [0] * len(jobs)
+        crcs = [0] * len(jobs)
+
+        def on_part(index: int, part: memoryview) -> None:  # in order, member by member
+            member = members[index]
+            if seen[index] == 0:
+                head = bytes(part[: LOCAL_HEADER.size + len(member.name.encode("utf8"))])
+                starts[index] = self._data_start(member, head) - member.header_offset
+            low = max(starts[index], seen[index])
+            high = min(starts[index] + member.size, seen[index] + len(part))
+            if high > low:
+                crcs[index] = crc32(part[low - seen[index] : high - seen[index]], crcs[index])
+            seen[index] += len(part)
+
+        segments = [(member.header_offset, view) for member, (_, view) in zip(members, jobs)]
+        try:
+            read_into(self.fetch, segments, self.transfer, on_part)
+        except EOFError:
+            raise self._fail(TruncatedArchiveError, "member data ends early (truncated file)") from None
+        for member, crc in zip(members, crcs):
+            _check_crc(self, member, crc)
+        return [view[start : start + member.size] for (_, view), start, member in zip(jobs, starts, members)]
 
     def open(self, name: str) -> MemberStream:
         """A reader of the uncompressed data of member ``name``."""

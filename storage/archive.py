@@ -36,7 +36,16 @@ from . import _manifest, _theano
 from . import _npy as npy
 from . import _trust as trust
 from ._externalize import Frozen, freeze
-from ._reading import ArchiveSource, NpyStream, Source, Unpickle, check_member, open_source, read_npy
+from ._reading import (
+    ArchiveSource,
+    NpyStream,
+    Source,
+    Unpickle,
+    check_member,
+    open_source,
+    prefetch_npys,
+    read_npy,
+)
 from ._zipwrite import ZipWriter
 from .errors import (
     ArchiveError,
@@ -225,6 +234,11 @@ class Archive:
         loaded: dict[str, Any] = {}
         unpickle = _unpickle_object_array(renames) if unsafe else _refuse_object_array
         restorer = frameworks.Restorer(archive.source, map_location=map_location, as_numpy=as_numpy)
+        # Ours (a manifest: every other member is an NPY): on an object store
+        # its large arrays are fetched together, concurrently, before unpickling.
+        reader = archive.reader
+        names = [n for n in reader.members if n not in (PICKLE, MANIFEST)] if MANIFEST in reader else []
+        fetched = prefetch_npys(archive, names)
 
         def persistent_load(pid: Any) -> Any:
             kind, name = _parse_id(archive, pid)
@@ -232,8 +246,12 @@ class Archive:
                 return loaded[name]
             if kind in frameworks.KINDS:
                 entry = self._entry(name)
-                array = read_npy(archive, name, unpickle=_refuse_object_array)
+                array = fetched.pop(name, None)
+                if array is None:
+                    array = read_npy(archive, name, unpickle=_refuse_object_array)
                 loaded[name] = restorer.restore(kind, name, array, entry)
+            elif name in fetched:
+                loaded[name] = fetched.pop(name)
             else:
                 stream = self._gpuarray(name, True) if kind == "gpuarray" else None
                 loaded[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)

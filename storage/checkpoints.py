@@ -198,7 +198,7 @@ class CheckpointStore:
         self.mode = mode
         self._scores: dict[int, float | None] = {}
         location = resolve(root, storage_options)
-        self._root = Location(location.fs, location.path.rstrip("/") or location.path)
+        self._root = Location(location.fs, location.path.rstrip("/") or location.path, location.transfer)
         self._pending: threading.Thread | None = None
         self._result: CheckpointInfo | None = None
         self._failure: BaseException | None = None
@@ -395,6 +395,8 @@ class CheckpointStore:
         renames: Mapping[str, str] | None = None,
         mmap: bool = False,
         unsafe: bool = False,
+        map_location: Any = None,
+        as_numpy: bool = False,
     ) -> tuple[int, Any]:
         """Load a checkpoint: ``(step, state)``.
 
@@ -402,8 +404,8 @@ class CheckpointStore:
         ``step=None`` takes the newest such checkpoint, skipping (and logging)
         those that fail with an :class:`ArchiveError`. Each archive is opened
         once. ``best=True`` takes :meth:`best_step` instead. ``trusted``,
-        ``renames``, ``mmap`` and ``unsafe`` are those of
-        :func:`luigi_checkpoint.storage.archive.load`. Raises
+        ``renames``, ``mmap``, ``unsafe``, ``map_location`` and ``as_numpy`` are
+        those of :func:`luigi_checkpoint.storage.archive.load`. Raises
         :class:`CheckpointNotFoundError` if there is no (good) checkpoint.
         """
         self._settle()
@@ -417,7 +419,8 @@ class CheckpointStore:
         def load(at: int) -> Any:
             with self._open(at, mmap=mmap) as handle:
                 handle.manifest()
-                return handle.load(trusted=trusted, renames=renames, unsafe=unsafe)
+                return handle.load(trusted=trusted, renames=renames, unsafe=unsafe,
+                                   map_location=map_location, as_numpy=as_numpy)
 
         return self._find(step, load, "no good checkpoint to restore")
 

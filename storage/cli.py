@@ -268,7 +268,7 @@ def _verify_file(location: Location) -> list[str]:
 def _zip_files_below(folder: Location) -> list[Location]:
     """The ``.zip`` files in and below ``folder`` (snapshots, archives), temp files left out."""
     found = folder.fs.find(folder.path)
-    return [Location(folder.fs, p) for p in sorted(found)
+    return [Location(folder.fs, p, folder.transfer) for p in sorted(found)
             if p.endswith(".zip") and not is_temp_name(p.rpartition("/")[2])]
 
 

@@ -132,3 +132,7 @@ class StepExistsError(ObjectExistsError):
 
 class TotalStepsError(CheckpointError, ValueError):
     """A training task's ``total_steps`` is below its run's newest checkpoint."""
+
+
+class TransferOptionError(CheckpointError, ValueError):
+    """A ``transfer_concurrency`` or ``transfer_part_size`` storage option is invalid."""

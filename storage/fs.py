@@ -33,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from . import _s3
+from ._transfer import Transfer
 from .errors import CheckpointError, ObjectExistsError, StorageError
 
 __all__ = [
@@ -68,10 +69,12 @@ class Location:
     resolved once (by :func:`resolve`) and handed down from there.
 
     Every function that takes a path or URL takes a location too.
+    ``transfer`` says how large objects move on object stores (:mod:`._transfer`).
     """
 
     fs: AbstractFileSystem
     path: str
+    transfer: Transfer = Transfer()
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
@@ -91,20 +94,27 @@ class Location:
 
     def child(self, name: str) -> Location:
         """The location of ``name`` inside this folder."""
-        return Location(self.fs, f"{self.path.rstrip('/')}/{name}")
+        return Location(self.fs, f"{self.path.rstrip('/')}/{name}", self.transfer)
 
 
 def resolve(
     target: str | os.PathLike[str] | Location, storage_options: dict[str, Any] | None = None
 ) -> Location:
     """Turn a path or URL plus fsspec ``storage_options`` into a :class:`Location`
-    (a location is returned as it is; it takes no options)."""
+    (a location is returned as it is; it takes no options).
+
+    Two keys of ``storage_options`` are ours, not fsspec's: ``transfer_concurrency``
+    (requests at once per object, default 8) and ``transfer_part_size`` (bytes
+    per request, default 16 MiB, at least 5 MiB) of reads and uploads of large
+    objects on object stores; see :mod:`._transfer`.
+    """
     if isinstance(target, Location):
         if storage_options:
             raise TypeError(f"{target.url}: storage_options go with a URL, not a resolved Location")
         return target
-    fs, path = fsspec.url_to_fs(os.fspath(target), **(storage_options or {}))
-    return Location(fs, path)
+    transfer, options = Transfer.from_options(storage_options or {})
+    fs, path = fsspec.url_to_fs(os.fspath(target), **options)
+    return Location(fs, path, transfer)
 
 
 def url_of(fs: AbstractFileSystem, path: str) -> str:
@@ -225,7 +235,7 @@ def atomic_write(target: Location, *, exclusive: bool = False) -> Iterator[IO[by
     if isinstance(fs, LocalFileSystem):
         writer = _local_atomic_write(path, exclusive)
     else:
-        writer = _remote_atomic_write(fs, path, exclusive)
+        writer = _remote_atomic_write(fs, path, exclusive, target.transfer)
     with storage_errors(target.url), writer as f:
         yield f
 
@@ -274,7 +284,7 @@ def _fsync_folder(folder: str) -> None:
 
 @contextmanager
 def _remote_atomic_write(
-    fs: AbstractFileSystem, path: str, exclusive: bool
+    fs: AbstractFileSystem, path: str, exclusive: bool, transfer: Transfer
 ) -> Iterator[IO[bytes]]:
     parent = fs._parent(path)
     if parent and parent != path:
@@ -288,7 +298,7 @@ def _remote_atomic_write(
     f = fs.open(temp, "wb", autocommit=False)
     if isinstance(f, AbstractBufferedFile):
         _s3.discard(f)
-        with _s3.uploading(fs, path, exclusive=exclusive) as out:
+        with _s3.uploading(fs, path, exclusive=exclusive, transfer=transfer) as out:
             yield out
     else:
         with _moved_into_place(fs, temp, f, path, exclusive) as out:

@@ -145,7 +145,7 @@ def test_s3_refusing_the_upload_publishes_nothing(
     server: S3Server = request.getfixturevalue("s3")
     plan = FaultPlan({"http500": 1.0}, methods=frozenset({"POST"}), target="uploadId=")
     with FaultProxy(server.endpoint_url, plan) as proxy:
-        refusing = {**server.options_via(proxy.url, retries={"max_attempts": 1}), "default_block_size": 5 * MiB}
+        refusing = {**server.options_via(proxy.url, retries={"max_attempts": 1}), "transfer_part_size": 5 * MiB}
         with pytest.raises(OSError):
             dump(_big_arrays(), dest, storage_options=refusing)
     assert proxy.injected["http500"] >= 1

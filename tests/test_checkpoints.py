@@ -568,7 +568,7 @@ def test_two_processes_saving_new_s3_steps_at_once_one_wins_every_time(
     assert _claims_under(store.root.fs, f"{BUCKET}/race") == []
 
 
-def test_a_claim_left_by_a_killed_writer_does_not_block_the_step(
+def test_an_s3_claim_left_by_a_killed_writer_does_not_block_the_step(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_s3claim, "CLAIM_STALE", 0.5)
@@ -581,7 +581,7 @@ def test_a_claim_left_by_a_killed_writer_does_not_block_the_step(
     assert _claims_under(fs, f"{BUCKET}/killed") == []
 
 
-def test_a_claim_whose_answer_was_lost_is_still_this_writers(
+def test_an_s3_claim_whose_answer_was_lost_is_still_this_writers(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server makes the claim, the answer is lost, the client retries and

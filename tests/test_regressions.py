@@ -122,7 +122,7 @@ def test_failed_s3_save_leaves_no_incomplete_multipart_upload(s3: S3Server) -> N
     # Every POST (create and complete of the multipart upload) reaches the server,
     # but its answer is lost: the client retries and finally gives up.
     with FaultProxy(s3.endpoint_url, FaultPlan({"reset_after": 1.0}, methods=frozenset({"POST"}))) as proxy:
-        options = _through(proxy, s3, default_block_size=5 << 20)
+        options = _through(proxy, s3, transfer_part_size=5 << 20)
         options["config_kwargs"]["retries"] = {"max_attempts": 3}
         store = CheckpointStore(root, storage_options=options)
         with pytest.raises(Exception):  # noqa: B017 - which error is the other finding
@@ -165,7 +165,7 @@ def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_e
     from luigi_checkpoint.storage.errors import ObjectExistsError
     from luigi_checkpoint.storage.fs import Location, atomic_write, resolve
 
-    options = {**s3.storage_options, "default_block_size": 5 << 20, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    options = {**s3.storage_options, "transfer_part_size": 5 << 20, "config_kwargs": {"retries": {"max_attempts": 1}}}
     location = resolve(f"s3://{BUCKET}/behind/step-000000000001.zip", options)
     fs, path = location.fs, location.path
     data = np.arange(800_000.0).tobytes()  # 6.4 MB: a multipart upload of 5 MB parts
@@ -186,7 +186,7 @@ def test_an_s3_upload_aborted_because_its_step_was_saved_meanwhile_raises_step_e
 def test_a_failed_s3_save_does_not_abort_another_writers_upload(s3: S3Server) -> None:
     from luigi_checkpoint.storage.fs import Location, atomic_write, resolve
 
-    options = {**s3.storage_options, "default_block_size": 5 << 20}
+    options = {**s3.storage_options, "transfer_part_size": 5 << 20}
     location = resolve(f"s3://{BUCKET}/two-writers/step-000000000001.zip", options)
     fs, path = location.fs, location.path
     data = np.arange(800_000.0).tobytes()  # 6.4 MB: multipart uploads of 5 MB parts

@@ -225,9 +225,11 @@ def test_checkpoint_store_saves_torch_states_in_the_background(root: Root) -> No
             tensor.add_(1.0)
         store.wait()
         step, back = store.restore()
+        _, plain = store.restore(as_numpy=True)
     assert step == 1
     for key, tensor in expected.items():
         assert same_bits(back["model"][key], tensor)
+        assert type(plain["model"][key]) is np.ndarray and np.array_equal(plain["model"][key], tensor.numpy())
 
 
 def test_readme_torch_examples_run(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ class _Bucket:
 
         step = self.committed + 1  # a failed save is retried, as a rerun task would
         out = workdir / f"trial-{index}.json"
-        options = {**self.env.s3_options(proxy.url, read_timeout=2, connect_timeout=2), "default_block_size": BLOCK}
+        options = {**self.env.s3_options(proxy.url, read_timeout=2, connect_timeout=2), "transfer_part_size": BLOCK}
         worker = start_worker(faulty_trial, self.root, options, step, self.nbytes, str(out))
         worker.join(TRIAL_TIMEOUT)
         kill(worker)
