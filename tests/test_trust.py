@@ -743,8 +743,6 @@ def test_a_restored_generator_is_valid_or_refused() -> None:
             state = bits.state
             if "pos" in state["state"]:
                 state["state"]["pos"] = rng.randrange(0, 625)
-            if "buffer_pos" in state:
-                state["buffer_pos"] = rng.randrange(0, 5)
             if "has_uint32" in state:
                 state["has_uint32"], state["uinteger"] = rng.randrange(2), rng.randrange(2**32)
             bits.state = state
