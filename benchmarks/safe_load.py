@@ -13,7 +13,6 @@ at most 5x. The last rows load the same state from an archive with
 from __future__ import annotations
 
 import argparse
-import io
 import pickle
 import random
 import statistics
