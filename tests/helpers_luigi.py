@@ -171,11 +171,16 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 60, interval: flo
     raise TimeoutError(f"timed out waiting for {what or condition}")
 
 
+def has_started(output: str) -> bool:
+    """Whether the run logged where it starts ("starting at step 0", "resumed from step N")."""
+    return re.search(r"resumed from step \d+ of \d+|starting at step 0 of", output) is not None
+
+
 def resumed_step(output: str) -> int | None:
     """The step of the "resumed from step N of M" line, None if it started at 0."""
-    found = re.findall(r"resumed from step (\d+) of \d+", output)
-    if not found and "starting at step 0 of" not in output:
+    if not has_started(output):
         raise AssertionError(f"no start or resume line in:\n{output}")
+    found = re.findall(r"resumed from step (\d+) of \d+", output)
     return int(found[-1]) if found else None
 
 

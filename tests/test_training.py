@@ -35,6 +35,7 @@ from tests.helpers_luigi import (
     LuigiProcess,
     SlowTrainMLP,
     assert_same_state,
+    has_started,
     resumed_step,
     run_luigi,
     wait_for,
@@ -62,6 +63,20 @@ def final_state(task: TrainMLP) -> Any:
     return state
 
 
+def assert_resumed_from_newest(output: str, before: int | None, kind: str) -> None:
+    """The attempt resumed from the newest checkpoint there was when it started.
+
+    ``before`` is the newest step seen once the previous attempt was dead. On
+    local disk that is final: a killed process renames nothing. An S3 server
+    may still finish a request the dead worker had sent in full (SeaweedFS
+    completes an upload after its client is gone), so there the checkpoint of
+    the next step can appear afterwards, and the attempt rightly resumes from
+    it; saves are synchronous in the S3 attempts, so at most one is in flight.
+    """
+    allowed = {before} if kind == "local" else {before, (before or 0) + 1}
+    assert resumed_step(output) in allowed, output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
@@ -85,15 +100,17 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
     task = TrainMLP(checkpoint_root=root, storage_options=options, **KILL_PARAMS)
     store = task.checkpoint_store()
 
-    def newest() -> int:
-        return max(store.steps(), default=0)
+    def saved_since_start(child: ForkedBuild) -> bool:
+        # Progress of this attempt, not the late arrival of a dead one's upload.
+        output = child.output()
+        return has_started(output) and max(store.steps(), default=0) > (resumed_step(output) or 0)
 
     kills = kills_while_writing = 0
     finished = False
     while kills < 10 and not finished:
         before = store.latest_step()
         child = ForkedBuild.start(TrainMLP, attempt_params, cfg=cfg, log=tmp_path / f"attempt-{kills}.log", env=env)
-        wait_for(lambda: not child.alive() or newest() > (before or 0), interval=0.05, what="training to progress")
+        wait_for(lambda: not child.alive() or saved_since_start(child), interval=0.05, what="training to progress")
         if kind == "local" and kills % 2 == 0:
             wait_for(lambda: not child.alive() or any(is_temp_name(n) for n in os.listdir(task.run_url())),
                      interval=0.001)
@@ -102,7 +119,7 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
         if child.alive():
             child.kill()
         finished = child.wait() == 0
-        assert resumed_step(child.output()) == before, child.output()
+        assert_resumed_from_newest(child.output(), before, kind)
         if kind == "local" and not finished:
             kills_while_writing += any(is_temp_name(n) for n in os.listdir(task.run_url()))
         kills += not finished
@@ -111,7 +128,7 @@ def test_kill_9_at_random_moments_resumes_from_newest_checkpoint_bit_exact(
         before = store.latest_step()
         last = ForkedBuild.start(TrainMLP, last_params, cfg=cfg, log=tmp_path / "last.log", env=env)
         assert last.wait() == 0, last.output()
-        assert resumed_step(last.output()) == before
+        assert_resumed_from_newest(last.output(), before, kind)
     assert kills >= 1
     if kind == "local":
         assert kills_while_writing >= 1
