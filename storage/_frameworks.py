@@ -40,6 +40,7 @@ import numpy as np
 
 from . import _jax_members, _torch_members
 from ._member import Member
+from ._reading import Allocate
 from .errors import ArchiveError, UnloadableArchiveError
 
 __all__ = ["KINDS", "FrameworkMissingWarning", "Member", "Restorer", "as_member", "framework_types"]
@@ -87,6 +88,18 @@ class Restorer:
         self._map_location = map_location
         self._as_numpy = as_numpy
         self._missing: set[str] = set()
+
+    def allocator(self, kind: str) -> Allocate:
+        """Memory for the array of a ``kind`` member: the framework's own where
+        the object it rebuilds shares it, numpy's otherwise."""
+        if self._as_numpy:
+            return np.empty
+        try:
+            module = importlib.import_module(kind)
+        except ImportError:
+            return np.empty  # restore() warns
+        allocate: Allocate = _RULES[kind].allocator(module)
+        return allocate
 
     def restore(self, kind: str, name: str, array: np.ndarray, entry: Any) -> Any:
         """The object member ``name`` holds, from its ``array`` and manifest ``entry``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from ._member import NATIVE, Member, bits_dtype
 from .errors import UnsupportedArrayError
 
-__all__ = ["TYPES", "member", "problem", "rebuild", "types"]
+__all__ = ["TYPES", "allocator", "member", "problem", "rebuild", "types"]
 
 TYPES = ("Array", "PRNGKey")
 _KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -56,6 +57,11 @@ def member(obj: Any) -> Member:
     devices = sorted(str(device) for device in obj.devices())
     entry = {"framework": "jax", "type": "Array", "framework_dtype": name, "device": ",".join(devices)}
     return Member("jax", array, entry)
+
+
+def allocator(jax: ModuleType) -> Callable[[tuple[int, ...], np.dtype, str], np.ndarray]:
+    """Memory for a member's array: numpy's, since JAX copies it onto its device."""
+    return np.empty
 
 
 def problem(array: np.ndarray, entry: dict[str, Any]) -> str | None:

@@ -34,7 +34,7 @@ from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchi
 from .fs import Location, as_storage_error, resolve
 
 __all__ = [
-    "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "prefetch_npys",
+    "Allocate", "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "prefetch_npys",
     "read_npy",
 ]
 
@@ -45,6 +45,8 @@ Source = str | os.PathLike[str] | Location | IO[bytes]
 """Where an archive or snapshot is read from: a path, URL, location or open binary file."""
 
 Unpickle = Callable[[bytes, str], Any]
+Allocate = Callable[[tuple[int, ...], np.dtype, str], np.ndarray]
+"""Fresh memory for an array: ``(shape, dtype, order)``, as :func:`numpy.empty` takes them."""
 """Turns the pickled data of an object array member into the array (or refuses
 it); the string names the member for messages."""
 
@@ -217,10 +219,15 @@ def _bytes_of(array: np.ndarray, fortran: bool) -> memoryview:
 
 
 def read_npy(
-    source: ArchiveSource, name: str, *, stream: NpyStream | None = None, unpickle: Unpickle | None = None
+    source: ArchiveSource,
+    name: str,
+    *,
+    stream: NpyStream | None = None,
+    unpickle: Unpickle | None = None,
+    allocate: Allocate = np.empty,
 ) -> np.ndarray:
     """Read NPY member ``name`` (from ``stream`` when given: an adapter over
-    the member, see :mod:`._theano`).
+    the member, see :mod:`._theano`), a large one into memory from ``allocate``.
 
     A member holding an object array (its data a pickle, as ``numpy.save``
     writes it with ``allow_pickle``) is a bad header, unless ``unpickle`` is
@@ -254,7 +261,7 @@ def read_npy(
                 source.mapping, dtype=header.dtype, count=math.prod(header.shape), offset=offset
             )
             return flat.reshape(header.shape, order=order)
-        array = np.empty(header.shape, dtype=header.dtype, order=order)
+        array = allocate(header.shape, header.dtype, order)
         view = _bytes_of(array, header.fortran_order)
         view[: len(rest)] = rest
         stream.readinto(view[len(rest) :])

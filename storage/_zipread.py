@@ -70,6 +70,8 @@ TAIL_SIZE = END.size + 0xFFFF + ZIP64_LOCATOR.size + ZIP64_END.size  # 0xFFFF: l
 MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest possible expansion
 READ_BLOCK = 4 << 20  # compressed bytes read at a time
 OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
+STORED_BLOCK = 2 << 20  # stored bytes read at a time from a local file: the CRC of
+# one block overlaps the next read, so only the last block's CRC is waited for
 SMALL_MEMBER = 1 << 20  # stored members up to this size (with headers) are read in one request
 
 
@@ -110,7 +112,7 @@ class ZipReader:
         file: IO[bytes],
         *,
         source: str,
-        block_size: int = OUTPUT_BLOCK,
+        block_size: int = STORED_BLOCK,
         fetch: Callable[[int, int], bytes] | None = None,
         transfer: Transfer | None = None,
     ) -> None:

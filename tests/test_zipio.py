@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import random
 import struct
 import subprocess
@@ -474,3 +475,42 @@ def test_a_gap_between_the_directory_and_the_end_record_is_refused() -> None:
     end = data.rindex(b"PK\x05\x06")
     with pytest.raises(NotAnArchiveError, match="test.zip: 9 bytes between"):
         _reader(data[:end] + bytes(9) + data[end:])
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_stored_arrays_around_the_read_block_load_exactly_and_any_damaged_block_fails(
+    tmp_path: Any, extra: int
+) -> None:
+    # A local file's stored member is read in STORED_BLOCK pieces, each CRC
+    # overlapping the next read: every piece, the last included, is checked.
+    array = np.random.default_rng(extra + 2).integers(0, 256, 3 * zipread.STORED_BLOCK + extra, dtype=np.uint8)
+    path = str(tmp_path / "a.ckpt")
+    manifest = dump({"a": array}, path)
+    assert np.array_equal(load(path)["a"], array)
+    with open(path, "rb") as f:
+        raw = f.read()
+    offset = manifest["arrays"][0]["offset"]
+    for at in (0, zipread.STORED_BLOCK, array.nbytes - 1):
+        damaged = bytearray(raw)
+        damaged[offset + at] ^= 0x10
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(ChecksumError, match="member 'a'"):
+            load(path)
+
+
+def test_a_forked_child_checks_crcs_after_its_parent_did(tmp_path: Any) -> None:
+    # The CRC helper threads are shared by the process; a child forked after
+    # they started (a Luigi worker process) has none of them and must start its own.
+    array = np.arange(3 << 20, dtype=np.uint8)
+    path = str(tmp_path / "a.ckpt")
+    dump({"a": array}, path)
+    assert np.array_equal(load(path)["a"], array)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_loaded_sum, (path,))
+        assert result.get(timeout=60) == int(array.sum())
+
+
+def _loaded_sum(path: str) -> int:
+    return int(load(path)["a"].sum())
