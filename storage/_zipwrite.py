@@ -17,8 +17,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 from ._crc import THREADED, crc32, running_crc
 from ._ziprecords import (
@@ -36,10 +35,7 @@ from ._ziprecords import (
     ZIP64_END,
     ZIP64_LIMIT,
     ZIP64_LOCATOR,
-    CentralEntry,
-    DataDescriptor,
     EndRecord,
-    LocalHeader,
     Zip64EndRecord,
     Zip64Locator,
     align_extra,
@@ -51,10 +47,10 @@ __all__ = ["ZipWriter", "WrittenMember"]
 WRITE_BLOCK = 16 << 20  # bytes handed to the file per write call
 GATHER = 1 << 20  # records and small members are gathered up to this size per write call
 METHODS = {"stored": STORED, "deflate": DEFLATED}
+_ZIP64_LOCAL_EXTRA = zip64_extra([0, 0])  # the sizes are in the data descriptor
 
 
-@dataclass(frozen=True)
-class WrittenMember:
+class WrittenMember(NamedTuple):
     """Where a member landed and what the central directory says of it."""
 
     name: str
@@ -70,6 +66,10 @@ class WrittenMember:
 def _check_size(name: str, size: int, written: int) -> None:
     if written != size:
         raise ValueError(f"member {name!r}: announced {size} bytes, got {written}")
+
+
+def _flags(encoded: bytes) -> int:
+    return FLAG_DESCRIPTOR | (0 if encoded.isascii() else FLAG_UTF8)
 
 
 def _dos_time(stamp: float) -> tuple[int, int]:
@@ -101,6 +101,8 @@ class ZipWriter:
         self._gathered = bytearray()
         self._members: list[WrittenMember] = []
         self._names: set[str] = set()
+        self._directory: list[bytes] = []  # the central entry of each member, in order
+        self._headers: dict[tuple[int, bool, int, int, int], tuple[bytes, bytes]] = {}
         self._time, self._date = _dos_time(time.time())
 
     @property
@@ -119,21 +121,26 @@ class ZipWriter:
         if name in self._names:
             raise ValueError(f"duplicate ZIP member name {name!r}")
         encoded = name.encode("utf8")
+        flags = _flags(encoded)
         zip64 = self._force_zip64 or size * 1.01 + 1024 >= ZIP64_LIMIT
         header_offset = self._position
-        header = self._local_header(encoded, zip64, header_offset, align)
+        header = self._local_header(encoded, flags, zip64, header_offset, align)
         data_offset = header_offset + len(header)
         descriptor = ZIP64_DESCRIPTOR if zip64 else DESCRIPTOR
-        if self._method == STORED and size < THREADED:  # one write, no CRC thread
-            pieces = [header, *chunks]
+        if self._method == STORED and size < THREADED:  # gathered, no CRC thread
             crc = written = 0
-            for chunk in pieces[1:]:
+            gathered = self._gathered
+            gathered += header
+            for chunk in chunks:
                 crc = crc32(chunk, crc)
                 written += len(chunk)
-            compressed = written
+                gathered += chunk
             _check_size(name, size, written)
-            pieces.append(descriptor.pack(DataDescriptor(crc, compressed, size)))
-            self._write(b"".join(pieces))
+            compressed = written
+            gathered += descriptor.pack_values(crc, compressed, size)
+            self._position = data_offset + written + descriptor.size
+            if len(gathered) >= GATHER:
+                self._flush()
         else:
             self._write(header)
             if self._method == STORED:
@@ -142,19 +149,17 @@ class ZipWriter:
             else:
                 crc, written, compressed = self._write_deflated(chunks)
             _check_size(name, size, written)
-            self._write(descriptor.pack(DataDescriptor(crc=crc, compressed_size=compressed, size=size)))
-        member = WrittenMember(
-            name, self._method, header_offset, data_offset, crc, compressed, size, zip64
-        )
+            self._write(descriptor.pack_values(crc, compressed, size))
+        member = WrittenMember(name, self._method, header_offset, data_offset, crc, compressed, size, zip64)
         self._members.append(member)
         self._names.add(name)
+        self._directory.append(self._central_entry(member, encoded, flags))
         return member
 
     def close(self) -> None:
         """Write the central directory and the end records."""
         directory_offset = self._position
-        for member in self._members:
-            self._write(self._central_entry(member))
+        self._write(b"".join(self._directory))
         directory_size = self._position - directory_offset
         count = len(self._members)
         if (
@@ -182,27 +187,27 @@ class ZipWriter:
         self._write(END.pack(end))
         self._flush()
 
-    def _flags(self, encoded: bytes) -> int:
-        return FLAG_DESCRIPTOR | (FLAG_UTF8 if not encoded.isascii() else 0)
-
-    def _local_header(self, encoded: bytes, zip64: bool, offset: int, align: int) -> bytes:
-        extra = zip64_extra([0, 0]) if zip64 else b""
+    def _local_header(self, encoded: bytes, flags: int, zip64: bool, offset: int, align: int) -> bytes:
+        extra = _ZIP64_LOCAL_EXTRA if zip64 else b""
+        pad = 0
         if align > 1 and self._method == STORED:
             pad = -(offset + LOCAL_HEADER.size + len(encoded) + len(extra)) % align
             while 0 < pad < ALIGN_HEADER.size:
                 pad += align
+        key = (flags, zip64, len(encoded), pad, align)
+        if key not in self._headers:  # a model's members have a few name lengths and pads
             if pad:
                 extra += align_extra(pad, align)
-        size_field = ZIP64_LIMIT if zip64 else 0
-        header = LocalHeader(
-            version_needed=45 if zip64 else 20, flags=self._flags(encoded), method=self._method,
-            time=self._time, date=self._date, crc=0, compressed_size=size_field, size=size_field,
-            name_length=len(encoded), extra_length=len(extra),
-        )
-        return LOCAL_HEADER.pack(header) + encoded + extra
+            size_field = ZIP64_LIMIT if zip64 else 0
+            record = LOCAL_HEADER.pack_values(
+                45 if zip64 else 20, flags, self._method, self._time, self._date, 0, size_field, size_field,
+                len(encoded), len(extra),
+            )
+            self._headers[key] = (record, extra)
+        record, extra = self._headers[key]
+        return record + encoded + extra
 
-    def _central_entry(self, member: WrittenMember) -> bytes:
-        encoded = member.name.encode("utf8")
+    def _central_entry(self, member: WrittenMember, encoded: bytes, flags: int) -> bytes:
         fields = (member.size, member.compressed_size, member.header_offset)
         extra, version = b"", 20
         size, compressed, offset = fields
@@ -211,14 +216,11 @@ class ZipWriter:
             extra = zip64_extra([value for value, big in zip(fields, large) if big])
             size, compressed, offset = (ZIP64_LIMIT if big else value for value, big in zip(fields, large))
             version = 45
-        entry = CentralEntry(
-            version_made=(3 << 8) | version, version_needed=version, flags=self._flags(encoded),
-            method=member.method, time=self._time, date=self._date, crc=member.crc,
-            compressed_size=compressed, size=size, name_length=len(encoded),
-            extra_length=len(extra), comment_length=0, disk=0, internal_attributes=0,
-            external_attributes=0o100644 << 16, header_offset=offset,
+        entry = CENTRAL_ENTRY.pack_values(
+            (3 << 8) | version, version, flags, member.method, self._time, self._date, member.crc,
+            compressed, size, len(encoded), len(extra), 0, 0, 0, 0o100644 << 16, offset,
         )
-        return CENTRAL_ENTRY.pack(entry) + encoded + extra
+        return entry + encoded + extra
 
     def _write(self, data: memoryview | bytes) -> None:
         # A tiny member costs three records and its data: one write call per

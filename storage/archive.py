@@ -109,24 +109,21 @@ def write_frozen(
         arrays=[],
     )
     writer = ZipWriter(file, compression=compression)
+    entries, listed = frozen.entries, manifest["arrays"]
     for name, array in frozen.arrays:
         header = npy.header_bytes(array)
-        member = writer.add(
-            name,
-            itertools.chain([header], npy.array_chunks(array)),
-            size=len(header) + array.nbytes,
-            align=npy.ALIGN,
-        )
-        manifest["arrays"].append(
-            {
-                "name": name,
-                "dtype": array.dtype.str,
-                "shape": list(array.shape),
-                "nbytes": int(array.nbytes),
-                "offset": member.data_offset + len(header) if member.method == 0 else None,
-                **frozen.entries.get(name, {}),
-            }
-        )
+        member = writer.add(name, [header, *npy.array_chunks(array)], size=len(header) + array.nbytes,
+                            align=npy.ALIGN)
+        entry = {
+            "name": name,
+            "dtype": array.dtype.str,
+            "shape": list(array.shape),
+            "nbytes": array.nbytes,
+            "offset": member.data_offset + len(header) if member.method == 0 else None,
+        }
+        if name in entries:
+            entry.update(entries[name])
+        listed.append(entry)
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
     text = _manifest.to_bytes(manifest)
     writer.add(MANIFEST, [text], size=len(text))
