@@ -112,8 +112,8 @@ def write_frozen(
     entries, listed = frozen.entries, manifest["arrays"]
     for name, array in frozen.arrays:
         header = npy.header_bytes(array)
-        member = writer.add(name, [header, *npy.array_chunks(array)], size=len(header) + array.nbytes,
-                            align=npy.ALIGN)
+        chunks = itertools.chain([header], npy.array_chunks(array))  # lazy: a strided array is copied piecewise
+        member = writer.add(name, chunks, size=len(header) + array.nbytes, align=npy.ALIGN)
         entry = {
             "name": name,
             "dtype": array.dtype.str,
