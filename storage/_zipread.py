@@ -96,6 +96,14 @@ class Member:
     limit: int  # where the next member (or the central directory) starts
 
 
+def _member_name(raw: bytes, flags: int) -> str:
+    """A name as the ZIP flags say it is encoded (UTF-8 or CP437; ASCII reads
+    alike in both and takes the codec's fast path)."""
+    if raw.isascii():
+        return raw.decode("ascii")
+    return raw.decode("utf8" if flags & FLAG_UTF8 else "cp437")
+
+
 class ZipReader:
     """Parse and validate the directory of the ZIP in ``file``.
 
@@ -247,7 +255,7 @@ class ZipReader:
             position = start + name_len + extra_len + entry.comment_length
             if position > len(directory):
                 raise self._fail(NotAnArchiveError, "central directory entry overruns its end")
-            name = raw_name.decode("utf8" if entry.flags & FLAG_UTF8 else "cp437")
+            name = _member_name(raw_name, entry.flags)
             if entry.flags & FLAG_ENCRYPTED:
                 raise self._fail(ArchiveError, f"member {name!r} is encrypted (unsupported)")
             if method not in (STORED, DEFLATED):
@@ -313,7 +321,7 @@ class ZipReader:
             if len(head) >= name_end
             else self.read_at(member.header_offset + LOCAL_HEADER.size, header.name_length)
         )
-        if raw_name.decode("utf8" if header.flags & FLAG_UTF8 else "cp437") != member.name:
+        if _member_name(raw_name, header.flags) != member.name:
             raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
                              f"names {raw_name!r}")
         start = member.header_offset + LOCAL_HEADER.size + header.name_length + header.extra_length

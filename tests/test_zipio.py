@@ -25,6 +25,7 @@ from luigi_checkpoint.storage.errors import (
     TruncatedArchiveError,
 )
 from luigi_checkpoint.storage._zipread import ZipReader
+from luigi_checkpoint.storage._ziprecords import FLAG_UTF8
 from luigi_checkpoint.storage._zipwrite import ZipWriter
 
 PAYLOADS = {
@@ -514,3 +515,22 @@ def test_a_forked_child_checks_crcs_after_its_parent_did(tmp_path: Any) -> None:
 
 def _loaded_sum(path: str) -> int:
     return int(load(path)["a"].sum())
+
+
+def test_names_without_the_utf8_flag_read_as_cp437_like_zipfile_reads_them() -> None:
+    sink = io.BytesIO()
+    writer = ZipWriter(sink)
+    writer.add("\u00e9t\u00e9", [b"summer"], size=6)  # UTF-8: c3 a9 74 c3 a9
+    writer.add("plain", [b"ascii"], size=5)
+    writer.close()
+    data = bytearray(sink.getvalue())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags_at + 1] &= ~(FLAG_UTF8 >> 8)  # bit 11: the high byte of the flags
+            at = data.find(signature, at + 4)
+    expected = zipfile.ZipFile(io.BytesIO(bytes(data))).namelist()
+    assert expected[0] == "\u251c\u2310t\u251c\u2310"  # the same bytes in CP437
+    reader = _reader(bytes(data))
+    assert list(reader.members) == expected
+    assert reader.read(expected[0]) == b"summer" and reader.read("plain") == b"ascii"
