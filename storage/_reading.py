@@ -34,8 +34,8 @@ from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchi
 from .fs import Location, as_storage_error, resolve
 
 __all__ = [
-    "Allocate", "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source", "prefetch_npys",
-    "read_npy",
+    "Allocate", "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source",
+    "prefetch_npys", "read_npy",
 ]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
@@ -45,10 +45,11 @@ Source = str | os.PathLike[str] | Location | IO[bytes]
 """Where an archive or snapshot is read from: a path, URL, location or open binary file."""
 
 Unpickle = Callable[[bytes, str], Any]
-Allocate = Callable[[tuple[int, ...], np.dtype, str], np.ndarray]
-"""Fresh memory for an array: ``(shape, dtype, order)``, as :func:`numpy.empty` takes them."""
 """Turns the pickled data of an object array member into the array (or refuses
 it); the string names the member for messages."""
+
+Allocate = Callable[[tuple[int, ...], np.dtype, str], np.ndarray]
+"""Fresh memory for an array: ``(shape, dtype, order)``, as :func:`numpy.empty` takes them."""
 
 
 class NpyStream(Protocol):
