@@ -92,12 +92,9 @@ class Restorer:
     def allocator(self, kind: str) -> Allocate:
         """Memory for the array of a ``kind`` member: the framework's own where
         the object it rebuilds shares it, numpy's otherwise."""
-        if self._as_numpy:
+        module = self._framework(kind)
+        if module is None:
             return np.empty
-        try:
-            module = importlib.import_module(kind)
-        except ImportError:
-            return np.empty  # restore() warns
         allocate: Allocate = _RULES[kind].allocator(module)
         return allocate
 
@@ -110,20 +107,8 @@ class Restorer:
         problem = rules.problem(array, entry)
         if problem:
             raise ArchiveError(f"{where}: {problem}")
-        if self._as_numpy:
-            return array
-        try:
-            module = importlib.import_module(kind)
-        except ImportError:
-            if kind not in self._missing:
-                self._missing.add(kind)
-                warnings.warn(
-                    f"{self._source}: {kind} is not installed, so its arrays load as the numpy "
-                    "arrays numpy.load reads (dtypes numpy lacks as their bits); install "
-                    f"luigi-checkpoint[{kind}] to load them as {kind} objects",
-                    FrameworkMissingWarning,
-                    stacklevel=2,
-                )
+        module = self._framework(kind)
+        if module is None:
             return array
         try:
             return rules.rebuild(module, array, entry, self._map_location)
@@ -132,3 +117,21 @@ class Restorer:
                 f"{where}: {kind} cannot rebuild the {entry['type']} (map_location={self._map_location!r}): "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+
+    def _framework(self, kind: str) -> ModuleType | None:
+        """The module that rebuilds ``kind`` members; None when they stay numpy
+        arrays (``as_numpy``, or the framework is missing: warned once)."""
+        if self._as_numpy or kind in self._missing:
+            return None
+        try:
+            return importlib.import_module(kind)
+        except ImportError:
+            self._missing.add(kind)
+            warnings.warn(
+                f"{self._source}: {kind} is not installed, so its arrays load as the numpy "
+                "arrays numpy.load reads (dtypes numpy lacks as their bits); install "
+                f"luigi-checkpoint[{kind}] to load them as {kind} objects",
+                FrameworkMissingWarning,
+                stacklevel=3,
+            )
+            return None

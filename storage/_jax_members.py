@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ._member import NATIVE, Member, bits_dtype
+from ._reading import Allocate
 from .errors import UnsupportedArrayError
 
 __all__ = ["TYPES", "allocator", "member", "problem", "rebuild", "types"]
@@ -59,7 +59,7 @@ def member(obj: Any) -> Member:
     return Member("jax", array, entry)
 
 
-def allocator(jax: ModuleType) -> Callable[[tuple[int, ...], np.dtype, str], np.ndarray]:
+def allocator(jax: ModuleType) -> Allocate:
     """Memory for a member's array: numpy's, since JAX copies it onto its device."""
     return np.empty
 

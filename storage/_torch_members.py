@@ -14,13 +14,13 @@ refused when saving. dtypes numpy lacks are stored as their bits
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ._member import NATIVE, Member, bits_dtype
+from ._reading import Allocate
 from .errors import UnsupportedArrayError
 
 __all__ = ["TYPES", "allocator", "member", "problem", "rebuild", "types"]
@@ -76,7 +76,7 @@ def member(obj: Any) -> Member:
     return Member("torch", array, entry)
 
 
-def allocator(torch: ModuleType) -> Callable[[tuple[int, ...], np.dtype, str], np.ndarray]:
+def allocator(torch: ModuleType) -> Allocate:
     """Memory for a member's array from torch's allocator (the tensor rebuilt
     from it shares it), as ``torch.load`` allocates; numpy asks the kernel for
     huge pages above 4 MiB, which many machines fault in far more slowly."""

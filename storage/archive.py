@@ -245,7 +245,8 @@ class Archive:
                 entry = self._entry(name)
                 array = fetched.pop(name, None)
                 if array is None:
-                    array = read_npy(archive, name, unpickle=_refuse_object_array, allocate=restorer.allocator(kind))
+                    allocate = restorer.allocator(kind)
+                    array = read_npy(archive, name, unpickle=_refuse_object_array, allocate=allocate)
                 loaded[name] = restorer.restore(kind, name, array, entry)
             elif name in fetched:
                 loaded[name] = fetched.pop(name)
