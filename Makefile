@@ -30,7 +30,7 @@ QUICK_TESTS := -m "$(QUICK_MARKERS)" $(QUICK_IGNORE:%=--ignore=tests/%)
 # the server, see tests/s3server.py; an endpoint URL works too). A few minutes.
 S3_LANE_SERVER ?= seaweedfs
 S3_LANE_FILES ?= test_checkpoints.py test_cli.py test_targets.py test_training.py test_export.py \
-  test_archive_atomic.py test_fs.py test_faultproxy.py test_regressions.py
+  test_archive_atomic.py test_fs.py test_faultproxy.py test_regressions.py test_transfer.py
 S3_LANE := -m "not soak" -k "s3 or S3" $(S3_LANE_FILES:%=tests/%)
 s3_lane = LUIGI_CHECKPOINT_S3=$(S3_LANE_SERVER) $(BIN)/python -m pytest $(S3_LANE) $(PYTEST_ARGS)
 

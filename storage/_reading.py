@@ -29,6 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from . import _npy as npy
+from ._s3read import S3Ranges, streams_ranges
+from ._transfer import BufferedRanges
 from ._zipread import READ_BLOCK, SMALL_MEMBER, MemberStream, ZipReader
 from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchiveError
 from .fs import Location, as_storage_error, resolve
@@ -138,12 +140,15 @@ def open_source(
 
 def _remote_reading(f: IO[bytes], location: Location) -> dict[str, Any]:
     """How a remote file's stored data is read: in large blocks and, for a
-    buffered object-store file, in concurrent range requests of that same file
-    (``_fetch_range``, fsspec's hook for its caches: on S3 it asks for the
-    version it opened, so a replaced object fails the read instead of mixing)."""
+    buffered object-store file, in concurrent range requests of that same file,
+    which ask for the version it opened (a replaced object fails the read
+    instead of mixing): streamed into the arrays on S3 (:mod:`._s3read`),
+    else through ``_fetch_range``, fsspec's hook for its caches."""
     options: dict[str, Any] = {"block_size": REMOTE_READ}
-    if isinstance(f, AbstractBufferedFile):
-        options.update(fetch=f._fetch_range, transfer=location.transfer)
+    if streams_ranges(f):
+        options.update(ranges=S3Ranges(f), transfer=location.transfer)
+    elif isinstance(f, AbstractBufferedFile):
+        options.update(ranges=BufferedRanges(f._fetch_range), transfer=location.transfer)
     return options
 
 

@@ -1,13 +1,18 @@
-"""How one object moves to and from an object store: concurrent requests of
-bounded size, the way ``s3fs``'s own ``cat_file`` and ``put_file`` move bytes.
+"""How one object moves to and from an object store: concurrent requests,
+the way ``s3fs``'s own ``cat_file`` and ``put_file`` move bytes.
 
 One request after another leaves the connection idle between responses, and
-a loopback or LAN server mostly waits on one request's latency. So a large
-read is split into parts of :attr:`Transfer.part_size` bytes fetched
-:attr:`Transfer.concurrency` at a time, each copied into its place in the
-destination (the array being restored) as it arrives; an upload sends its
-parts the same way (:mod:`._s3upload`). Memory in flight is at most
-``concurrency * part_size`` bytes, whatever the object's size.
+a loopback or LAN server mostly waits on one request's latency. So a read of
+many members (the arrays being restored) is planned over the object's bytes:
+members that follow each other in the object are read by the same requests,
+:attr:`Transfer.concurrency` at a time, each filling its part of the
+destination views in place. How large a request is depends on the reader
+(:class:`Ranges`): one that copies a whole response into the views keeps at
+most ``concurrency * part_size`` bytes in flight; one that streams a response
+straight into them (:mod:`._s3read`) holds no copy, so its requests are as few
+as the concurrency allows, each at least a part (every request has a fixed
+cost: a round trip on S3, the whole object read again on moto). An upload sends
+its parts the same way (:mod:`._s3upload`).
 
 The settings come with the URL, as two keys of ``storage_options`` that
 :func:`~luigi_checkpoint.storage.fs.resolve` takes out before fsspec sees the
@@ -19,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import TransferOptionError
 
-__all__ = ["OPTION_KEYS", "Transfer", "read_into"]
+__all__ = ["OPTION_KEYS", "BufferedRanges", "Ranges", "Transfer", "plan", "read_into"]
 
 MIN_PART = 5 << 20  # S3's smallest part (but the last) of a multipart upload
 OPTION_KEYS = {"transfer_concurrency": "concurrency", "transfer_part_size": "part_size"}
@@ -55,45 +60,114 @@ class Transfer:
         return cls(**ours), rest
 
 
+class Ranges(Protocol):
+    """Fills ``views``, one after another, with an object's bytes from
+    ``offset`` on; raises ``EOFError`` if the object ends first."""
+
+    streams: bool  # True: writes straight into the views, holding no copy
+
+    def __call__(self, offset: int, views: Sequence[memoryview]) -> None: ...
+
+
+class BufferedRanges:
+    """:class:`Ranges` through ``fetch(start, end) -> bytes`` (an fsspec
+    buffered file's ``_fetch_range``), copied into the views."""
+
+    streams = False
+
+    def __init__(self, fetch: Callable[[int, int], bytes]) -> None:
+        self.fetch = fetch
+
+    def __call__(self, offset: int, views: Sequence[memoryview]) -> None:
+        size = sum(map(len, views))
+        data = memoryview(self.fetch(offset, offset + size))
+        if len(data) != size:
+            raise EOFError(f"{size} bytes asked at offset {offset}, {len(data)} came")
+        for view in views:
+            view[:] = data[: len(view)]
+            data = data[len(view) :]
+
+
+Piece = tuple[int, memoryview]  # (segment index, part of its view)
+
+
 def read_into(
-    fetch: Callable[[int, int], bytes],
+    ranges: Ranges,
     segments: Sequence[tuple[int, memoryview]],
     transfer: Transfer,
     on_part: Callable[[int, memoryview], None],
 ) -> None:
-    """Fill each ``(offset, view)`` of ``segments`` with the bytes at ``offset``
-    onwards, ``fetch(start, end)`` called for their parts ``concurrency`` at a
-    time (across segments: many arrays of one part each come at once too);
-    ``on_part(segment index, part)`` sees each filled part in order, in the
-    caller's thread (running CRCs).
+    """Fill each ``(offset, view)`` of ``segments`` (not overlapping) with the
+    object's bytes at ``offset`` onwards, with requests planned by
+    :func:`plan` and sent ``concurrency`` at a time; ``on_part(segment index,
+    part)`` sees the filled parts in the caller's thread, each segment's in
+    order (running CRCs).
 
-    The first failure is raised once no part is being written any more: a
+    The first failure is raised once no request is writing any more: a
     failed read never leaves a thread writing into a view.
     """
-    parts = [
-        (index, view, offset, start, end)
-        for index, (offset, view) in enumerate(segments)
-        for start, end in _split(len(view), transfer.part_size)
-    ]
+    requests = plan(segments, transfer, streams=ranges.streams)
 
-    def fill(view: memoryview, offset: int, start: int, end: int) -> None:
-        data = fetch(offset + start, offset + end)
-        if len(data) != end - start:
-            raise EOFError(f"{end - start} bytes asked at offset {offset + start}, {len(data)} came")
-        view[start:end] = data
+    def fill(offset: int, pieces: list[Piece]) -> None:
+        ranges(offset, [view for _, view in pieces])
 
     with ThreadPoolExecutor(transfer.concurrency, thread_name_prefix="range-read") as pool:
         pending: dict[int, Future[None]] = {}
         try:
-            for number, (index, view, _, start, end) in enumerate(parts):
-                for ahead in range(number + len(pending), min(number + transfer.concurrency, len(parts))):
-                    pending[ahead] = pool.submit(fill, *parts[ahead][1:])
+            for number, (_, pieces) in enumerate(requests):
+                for ahead in range(number + len(pending), min(number + transfer.concurrency, len(requests))):
+                    pending[ahead] = pool.submit(fill, *requests[ahead])
                 pending.pop(number).result()
-                on_part(index, view[start:end])
+                for index, view in pieces:
+                    on_part(index, view)
         except BaseException:
             for future in pending.values():
                 future.cancel()
             raise
+
+
+def plan(
+    segments: Sequence[tuple[int, memoryview]], transfer: Transfer, *, streams: bool
+) -> list[tuple[int, list[Piece]]]:
+    """The requests that read ``segments``, in the object's order: ``(offset,
+    pieces)``, the pieces filled one after another from ``offset`` on.
+
+    Segments that follow each other in the object form one run; each run is
+    split into the fewest requests of equal size no larger than ``part_size``
+    bytes, or for a streaming reader than the larger of ``part_size`` and
+    the total over ``concurrency`` (no request of a few bytes costs as much
+    as a full one: sizes are equal).
+    """
+    order = sorted(range(len(segments)), key=lambda index: segments[index][0])
+    runs: list[tuple[int, list[Piece]]] = []
+    end = -1
+    for index in order:
+        offset, view = segments[index]
+        if offset != end:
+            runs.append((offset, []))
+        runs[-1][1].append((index, view))
+        end = offset + len(view)
+    most = transfer.part_size
+    if streams:
+        total = sum(len(view) for _, view in segments)
+        most = max(most, -(-total // transfer.concurrency))
+    requests = []
+    for offset, pieces in runs:
+        size = sum(len(view) for _, view in pieces)
+        for start, end in _split(size, most):
+            requests.append((offset + start, _cut(pieces, start, end)))
+    return requests
+
+
+def _cut(pieces: list[Piece], start: int, end: int) -> list[Piece]:
+    """The parts of ``pieces`` (laid end to end from 0) between ``start`` and ``end``."""
+    cut, position = [], 0
+    for index, view in pieces:
+        low, high = max(start - position, 0), min(end - position, len(view))
+        if low < high:
+            cut.append((index, view[low:high]))
+        position += len(view)
+    return cut
 
 
 def _split(size: int, most: int) -> list[tuple[int, int]]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ._crc import crc32, running_crc
-from ._transfer import Transfer, read_into
+from ._transfer import Ranges, Transfer, read_into
 from ._ziprecords import (
     CENTRAL_ENTRY,
     COUNT_LIMIT,
@@ -110,9 +110,9 @@ class ZipReader:
     ``source`` names the archive in error messages (a URL, path or repr).
     Stored data is read in reads of ``block_size`` bytes (remote files want
     few large range requests; the CRC of one block overlaps the next read).
-    Given ``fetch(start, end)`` (a remote file's range request) and
-    ``transfer``, :meth:`fetch_stored` reads whole members with concurrent
-    requests (:func:`~luigi_checkpoint.storage._transfer.read_into`).
+    Given ``ranges`` (a remote file's range requests) and ``transfer``,
+    :meth:`fetch_stored` reads whole members with concurrent requests
+    (:func:`~luigi_checkpoint.storage._transfer.read_into`).
     """
 
     def __init__(
@@ -121,13 +121,13 @@ class ZipReader:
         *,
         source: str,
         block_size: int = STORED_BLOCK,
-        fetch: Callable[[int, int], bytes] | None = None,
+        ranges: Ranges | None = None,
         transfer: Transfer | None = None,
     ) -> None:
         self.file = file
         self.source = source
         self.block_size = block_size
-        self.fetch = fetch
+        self.ranges = ranges
         self.transfer = transfer
         self._data_offsets: dict[str, int] = {}
         try:
@@ -349,20 +349,20 @@ class ZipReader:
     def span(self, name: str) -> int | None:
         """Bytes from member ``name``'s local header to the next member, if
         :meth:`fetch_stored` can read it: a stored member of a reader with
-        ``fetch``, with no more than its headers around its data (never a gap
+        ``ranges``, with no more than its headers around its data (never a gap
         that a hostile directory makes up)."""
         member = self.member(name)
         span = member.limit - member.header_offset
         most = member.size + LOCAL_HEADER.size + 2 * 0xFFFF + ZIP64_DESCRIPTOR.size
-        if self.fetch is None or member.method != STORED or span > most:
+        if self.ranges is None or member.method != STORED or span > most:
             return None
         return span
 
     def fetch_stored(self, jobs: Sequence[tuple[str, memoryview]]) -> list[memoryview]:
         """Read each member ``name`` into its ``view`` of :meth:`span` bytes, all
-        with concurrent range requests (``fetch``, ``transfer``); return the
+        with concurrent range requests (``ranges``, ``transfer``); return the
         views of their data, CRC-checked."""
-        assert self.fetch is not None and self.transfer is not None
+        assert self.ranges is not None and self.transfer is not None
         members = [self.member(name) for name, _ in jobs]
         starts = [0] * len(jobs)  # where the data starts in the view, once known
         seen = [0] * len(jobs)
@@ -381,7 +381,7 @@ class ZipReader:
 
         segments = [(member.header_offset, view) for member, (_, view) in zip(members, jobs)]
         try:
-            read_into(self.fetch, segments, self.transfer, on_part)
+            read_into(self.ranges, segments, self.transfer, on_part)
         except EOFError:
             raise self._fail(TruncatedArchiveError, "member data ends early (truncated file)") from None
         for member, crc in zip(members, crcs):

@@ -105,8 +105,8 @@ def resolve(
 
     Two keys of ``storage_options`` are ours, not fsspec's: ``transfer_concurrency``
     (requests at once per object, default 8) and ``transfer_part_size`` (bytes
-    per request, default 16 MiB, at least 5 MiB) of reads and uploads of large
-    objects on object stores; see :mod:`._transfer`.
+    per upload part and the least per range read, default 16 MiB, at least
+    5 MiB) of large objects on object stores; see :mod:`._transfer`.
     """
     if isinstance(target, Location):
         if storage_options:
