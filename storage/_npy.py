@@ -235,6 +235,21 @@ def _copied_chunks(array: np.ndarray) -> Iterator[memoryview]:
         yield _bytes(np.ascontiguousarray(array[start : start + rows]))
 
 
+def contiguous_data(array: np.ndarray) -> np.ndarray | memoryview | None:
+    """The data of a C- or F-contiguous array as one buffer of its own memory,
+    in the order its header declares (None for other arrays): the array
+    itself where numpy exports its dtype as a buffer (native numbers), else
+    a bytes view."""
+    if array.flags.c_contiguous:
+        source = array
+    elif array.flags.f_contiguous:
+        source = array.T
+    else:
+        return None
+    dtype = source.dtype
+    return source if dtype.kind in "biufc" and dtype.isnative else _bytes(source)
+
+
 def _bytes(array: np.ndarray) -> memoryview:
     """The memory of a C-contiguous array as bytes."""
     return memoryview(array.reshape(-1).view(np.uint8))

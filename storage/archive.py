@@ -22,8 +22,8 @@ fresh memory instead.
 from __future__ import annotations
 
 import io
-import os
 import itertools
+import os
 import pickle
 import pickletools
 from collections.abc import Callable, Iterable, Mapping
@@ -46,7 +46,7 @@ from ._reading import (
     prefetch_npys,
     read_npy,
 )
-from ._zipwrite import ZipWriter
+from ._zipwrite import GATHER, MANY, ZipWriter
 from .errors import (
     ArchiveError,
     BadPersistentIdError,
@@ -109,26 +109,59 @@ def write_frozen(
         arrays=[],
     )
     writer = ZipWriter(file, compression=compression)
-    entries, listed = frozen.entries, manifest["arrays"]
+    offsets = _write_arrays(writer, frozen.arrays)
+    stored = compression == "stored"
     for name, array in frozen.arrays:
-        header = npy.header_bytes(array)
-        chunks = itertools.chain([header], npy.array_chunks(array))  # lazy: a strided array is copied piecewise
-        member = writer.add(name, chunks, size=len(header) + array.nbytes, align=npy.ALIGN)
         entry = {
             "name": name,
             "dtype": array.dtype.str,
             "shape": list(array.shape),
             "nbytes": array.nbytes,
-            "offset": member.data_offset + len(header) if member.method == 0 else None,
+            "offset": offsets[name] if stored else None,
         }
-        if name in entries:
-            entry.update(entries[name])
-        listed.append(entry)
+        if name in frozen.entries:
+            entry.update(frozen.entries[name])
+        manifest["arrays"].append(entry)
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
     text = _manifest.to_bytes(manifest)
     writer.add(MANIFEST, [text], size=len(text))
     writer.close()
     return manifest
+
+
+def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
+    """Write each array as an NPY member, 64-byte aligned; return where each
+    array's data starts. Runs of small contiguous arrays (below ``MANY``
+    bytes) go to the writer together (:meth:`ZipWriter.add_many`), up to
+    ``GATHER`` bytes at a time."""
+    offsets: dict[str, int] = {}
+    names: list[str] = []
+    headers: list[bytes] = []
+    buffers: list[Any] = []
+    pending = 0
+
+    def flush() -> None:
+        nonlocal pending
+        for name, header, offset in zip(names, headers, writer.add_many(names, headers, buffers, align=npy.ALIGN)):
+            offsets[name] = offset + len(header)
+        names.clear(), headers.clear(), buffers.clear()
+        pending = 0
+
+    for name, array in arrays:
+        header = npy.header_bytes(array)
+        size = len(header) + array.nbytes
+        data = npy.contiguous_data(array) if size < MANY else None
+        if data is None:
+            flush()
+            chunks = itertools.chain([header], npy.array_chunks(array))  # lazy: a strided array is copied piecewise
+            offsets[name] = writer.add(name, chunks, size=size, align=npy.ALIGN).data_offset + len(header)
+            continue
+        names.append(name), headers.append(header), buffers.append(data)
+        pending += size
+        if pending >= GATHER:
+            flush()
+    flush()
+    return offsets
 
 
 def check_trusted(frozen: Frozen, trusted: Iterable[Any], where: str) -> None:

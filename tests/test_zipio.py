@@ -13,6 +13,8 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from luigi_checkpoint.storage import _zipread as zipread
 from luigi_checkpoint.storage.archive import dump, load, read_arrays
@@ -534,3 +536,61 @@ def test_names_without_the_utf8_flag_read_as_cp437_like_zipfile_reads_them() -> 
     reader = _reader(bytes(data))
     assert list(reader.members) == expected
     assert reader.read(expected[0]) == b"summer" and reader.read("plain") == b"ascii"
+
+
+# ------------------------------------------- many small members at once
+
+_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=st.integers(0, 200),
+    members=st.lists(
+        st.tuples(st.binary(max_size=130), st.integers(0, 3000), st.sampled_from(["u1", "<f4", ">i8", "<c16"])),
+        max_size=12,
+    ),
+    names=st.data(),
+    align=st.sampled_from([1, 2, 8, 64]),
+    compression=st.sampled_from(["stored", "deflate"]),
+    force_zip64=st.booleans(),
+)
+def test_many_members_at_once_are_the_bytes_of_one_add_each(
+    first: int, members: list, names: st.DataObject, align: int, compression: str, force_zip64: bool
+) -> None:
+    """``add_many`` writes what ``add`` writes member by member (after a first
+    member that moves the start), and ``zipfile`` reads it back."""
+    unique = names.draw(st.lists(_NAMES, min_size=len(members), max_size=len(members), unique=True))
+    rng = np.random.default_rng(first)
+    prefixes = [prefix for prefix, _, _ in members]
+    buffers = [rng.integers(0, 256, size, np.uint8).view(np.uint8).astype(np.uint8) for _, size, _ in members]
+    buffers = [b[: len(b) // np.dtype(d).itemsize * np.dtype(d).itemsize].view(d) for b, (_, _, d) in zip(buffers, members)]
+    one, many = SequentialSink(), SequentialSink()
+    writers = [ZipWriter(sink, compression=compression, force_zip64=force_zip64) for sink in (one, many)]
+    for writer in writers:
+        writer.add("first", [bytes(first)], size=first, align=align)
+    offsets = [
+        writers[0].add(name, [prefix, memoryview(buffer).cast("B")], size=len(prefix) + buffer.nbytes, align=align).data_offset
+        for name, prefix, buffer in zip(unique, prefixes, buffers)
+    ]
+    assert writers[1].add_many(unique, prefixes, buffers, align=align) == offsets
+    for writer in writers:
+        writer.close()
+    assert many.value() == one.value()
+    with zipfile.ZipFile(io.BytesIO(many.value())) as archive:
+        assert archive.namelist() == ["first", *unique]
+        for name, prefix, buffer in zip(unique, prefixes, buffers):
+            assert archive.read(name) == prefix + buffer.tobytes()
+
+
+def test_many_members_refuse_a_duplicate_name_before_writing() -> None:
+    sink = SequentialSink()
+    writer = ZipWriter(sink)
+    writer.add("a", [b"x"], size=1)
+    for names in (["b", "a"], ["c", "c"]):
+        with pytest.raises(ValueError, match="duplicate ZIP member name"):
+            writer.add_many(names, [b"", b""], [b"1", b"2"])
+    writer.add_many(["b", "c"], [b"", b""], [b"1", b"2"])
+    writer.close()
+    with zipfile.ZipFile(io.BytesIO(sink.value())) as archive:
+        assert [archive.read(name) for name in "abc"] == [b"x", b"1", b"2"]
