@@ -222,6 +222,8 @@ class _Externalizing:
         self._kept: list[object] = []  # framework objects met: keeps their ids from being reused
 
     def persistent_id(self, obj: Any) -> str | None:
+        if type(obj) in _PICKLED_BY_TYPE:  # called for every object: keys, numbers...
+            return None
         framework = self._walk.framework_types.get(type(obj))
         if framework is None and not externalizable(obj):
             return None

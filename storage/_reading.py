@@ -37,7 +37,7 @@ from .fs import Location, as_storage_error, resolve
 
 __all__ = [
     "Allocate", "ArchiveSource", "NpyStream", "Source", "Unpickle", "check_member", "open_source",
-    "prefetch_npys", "read_npy",
+    "prefetch_npys", "read_npy", "read_small_npys",
 ]
 
 REMOTE_BLOCK = 256 << 10  # read-ahead of remote files beyond each request
@@ -286,6 +286,8 @@ def prefetch_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.n
     in memory; its array is a view of it.
     """
     reader = source.reader
+    if reader.ranges is None:
+        return {}
     jobs: list[tuple[str, memoryview]] = []
     with source.errors():
         for name in names:
@@ -308,6 +310,50 @@ def prefetch_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.n
                 flat = np.frombuffer(data[length:], dtype=header.dtype, count=math.prod(header.shape))
                 arrays[name] = flat.reshape(header.shape, order="F" if header.fortran_order else "C")
         return arrays
+
+
+def read_small_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays of the small stored NPY members among ``names``, read
+    together (:meth:`ZipReader.read_many`: one read for many members) and
+    checked as :func:`read_npy` checks them, each copied into its own memory;
+    empty for a mapped source (its arrays are mapped). A member that fails a
+    check, or holds an object array, is left out: :func:`read_npy` reads it
+    and reports what is wrong."""
+    if source.mapping is not None:
+        return {}
+    arrays = {}
+    headers: dict[bytes, tuple[npy.NpyHeader, int, int]] = {}  # a model's arrays have a few dozen
+    with source.errors():
+        for name, data in source.reader.read_many(names):
+            array = _npy_of(data, headers)
+            if array is not None:
+                arrays[name] = array
+    return arrays
+
+
+def _npy_of(data: memoryview, headers: dict[bytes, tuple[npy.NpyHeader, int, int]]) -> np.ndarray | None:
+    """The array in ``data`` (a whole NPY) in fresh memory, or None if its
+    header is bad; ``headers`` remembers each header met, its item count and
+    the size of an NPY holding it."""
+    try:
+        length = npy.header_length(data[:12])
+    except ValueError:
+        return None
+    head = bytes(data[:length])
+    known = headers.get(head)
+    if known is None:
+        try:
+            header = npy.parse_header(head, data_size=len(data) - length, where="")
+        except BadNpyHeaderError:
+            return None
+        known = headers[head] = header, math.prod(header.shape), length + header.nbytes
+    header, count, size = known
+    if size != len(data):
+        return None
+    if count == 0:
+        return np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
+    flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=length)
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C").copy(order="K")
 
 
 def _small_npy(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -73,6 +73,8 @@ OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
 STORED_BLOCK = 2 << 20  # stored bytes read at a time from a local file: the CRC of
 # one block overlaps the next read, so only the last block's CRC is waited for
 SMALL_MEMBER = 1 << 20  # stored members up to this size (with headers) are read in one request
+FEW = 64 << 10  # stored members up to this size (with headers) can be read many at a time
+RUN = 1 << 20  # ... members that follow each other, up to this many bytes per read
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ class Member:
     size: int
     header_offset: int
     limit: int  # where the next member (or the central directory) starts
+
+
+_Entry = tuple[int, int, str, int, int, int, int]
+"""A central directory entry: header offset, least bytes of the local header and
+data, name, method, CRC-32, compressed size, size."""
 
 
 def _member_name(raw: bytes, flags: int) -> str:
@@ -173,8 +180,7 @@ class ZipReader:
             raise self._fail(NotAnArchiveError, f"{count} members cannot fit a central "
                              f"directory of {directory_size} bytes")
         directory = self._read_near(tail, directory_offset, directory_size)
-        members, minimum_sizes = self._parse_directory(directory, count, directory_offset)
-        return self._check_layout(members, minimum_sizes, directory_offset)
+        return self._check_layout(self._parse_directory(directory, count, directory_offset), directory_offset)
 
     def _read_near(self, tail: _Tail, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``, from ``tail`` when it holds them (a
@@ -238,67 +244,57 @@ class ZipReader:
             raise self._fail(NotAnArchiveError, "bad ZIP64 end of central directory record")
         return record_offset, (record.directory_offset, record.directory_size, record.entries)
 
-    def _parse_directory(
-        self, directory: bytes, count: int, directory_offset: int
-    ) -> tuple[list[Member], list[int]]:
-        members = []
-        minimum_sizes = []  # local header and data, at least
+    def _parse_directory(self, directory: bytes, count: int, directory_offset: int) -> list[_Entry]:
+        entries = []
         position = 0
+        signature_wanted = CENTRAL_ENTRY.signature
         for _ in range(count):
-            entry = CENTRAL_ENTRY.unpack_from(directory, position)
-            if entry is None:
+            (signature, _, _, flags, method, _, _, crc, compressed, size, name_len, extra_len,
+             comment_len, *_, offset) = CENTRAL_ENTRY.values_from(directory, position)
+            if signature != signature_wanted:
                 raise self._fail(NotAnArchiveError, f"bad central directory entry at {position}")
-            method, name_len, extra_len = entry.method, entry.name_length, entry.extra_length
             start = position + CENTRAL_ENTRY.size
-            raw_name = directory[start : start + name_len]
-            extra = directory[start + name_len : start + name_len + extra_len]
-            position = start + name_len + extra_len + entry.comment_length
+            position = start + name_len + extra_len + comment_len
             if position > len(directory):
                 raise self._fail(NotAnArchiveError, "central directory entry overruns its end")
-            name = _member_name(raw_name, entry.flags)
-            if entry.flags & FLAG_ENCRYPTED:
+            name = _member_name(directory[start : start + name_len], flags)
+            if flags & FLAG_ENCRYPTED:
                 raise self._fail(ArchiveError, f"member {name!r} is encrypted (unsupported)")
             if method not in (STORED, DEFLATED):
                 raise self._fail(ArchiveError, f"member {name!r} uses unsupported compression "
                                  f"method {method}")
-            size, compressed, offset = _zip64_values(
-                extra, entry.size, entry.compressed_size, entry.header_offset
-            )
+            if extra_len:
+                extra = directory[start + name_len : start + name_len + extra_len]
+                size, compressed, offset = _zip64_values(extra, size, compressed, offset)
             if method == STORED and size != compressed:
                 raise self._fail(ArchiveTooLargeError, f"stored member {name!r} declares {size} "
                                  f"bytes but holds {compressed}")
             if method == DEFLATED and size > compressed * MAX_DEFLATE_RATIO + 1024:
                 raise self._fail(ArchiveTooLargeError, f"member {name!r} declares {size} bytes, "
                                  f"impossible from {compressed} compressed bytes (zip bomb)")
-            if offset + LOCAL_HEADER.size + name_len + compressed > directory_offset:
+            minimum = LOCAL_HEADER.size + name_len + compressed  # local header and data, at least
+            if offset + minimum > directory_offset:
                 raise self._fail(TruncatedArchiveError, f"member {name!r} extends past the "
                                  f"central directory")
-            members.append(
-                Member(name, method, entry.crc, compressed, size, offset, directory_offset)
-            )
-            minimum_sizes.append(LOCAL_HEADER.size + name_len + compressed)
-        return members, minimum_sizes
+            entries.append((offset, minimum, name, method, crc, compressed, size))
+        return entries
 
-    def _check_layout(
-        self, members: list[Member], minimum_sizes: list[int], directory_offset: int
-    ) -> dict[str, Member]:
-        ordered = sorted(zip(members, minimum_sizes), key=lambda pair: pair[0].header_offset)
-        result: dict[str, Member] = {}
-        for index, (member, minimum) in enumerate(ordered):
-            limit = (
-                ordered[index + 1][0].header_offset
-                if index + 1 < len(ordered)
-                else directory_offset
-            )
-            if member.header_offset + minimum > limit:
-                raise self._fail(NotAnArchiveError, f"member {member.name!r} overlaps the next one")
-            if member.name in result:
-                raise self._fail(NotAnArchiveError, f"duplicate member {member.name!r}")
-            result[member.name] = Member(  # not dataclasses.replace: 3x the time, per member
-                member.name, member.method, member.crc, member.compressed_size, member.size,
-                member.header_offset, limit,
-            )
-        return {m.name: result[m.name] for m in members}
+    def _check_layout(self, entries: list[_Entry], directory_offset: int) -> dict[str, Member]:
+        """The members in the directory's order, each with its limit (the next
+        member's offset), refusing overlaps and duplicate names."""
+        ordered = sorted(entries, key=lambda entry: entry[0])
+        limits = {}
+        for index, (offset, minimum, name, *_) in enumerate(ordered):
+            limit = ordered[index + 1][0] if index + 1 < len(ordered) else directory_offset
+            if offset + minimum > limit:
+                raise self._fail(NotAnArchiveError, f"member {name!r} overlaps the next one")
+            if name in limits:
+                raise self._fail(NotAnArchiveError, f"duplicate member {name!r}")
+            limits[name] = limit
+        return {
+            name: Member(name, method, crc, compressed, size, offset, limits[name])
+            for offset, _, name, method, crc, compressed, size in entries
+        }
 
     def data_offset(self, member: Member) -> int:
         """Absolute offset of the member's (compressed) data, from its local header."""
@@ -341,6 +337,42 @@ class ZipReader:
         head = self.read_at(member.header_offset, span)
         start = self._data_start(member, head) - member.header_offset
         return head[start : start + member.size]
+
+    def read_many(self, names: Iterable[str]) -> Iterator[tuple[str, memoryview]]:
+        """The data, CRC-checked, of each stored member among ``names`` spanning
+        at most :data:`FEW` bytes, in the file's order; members that follow each
+        other are read together (one read per :data:`RUN` bytes). A member whose
+        local header or CRC-32 disagrees with the directory is left out: read
+        alone, it raises the error that says so."""
+        members = self.members
+        picked = [
+            member for member in map(members.get, names)
+            if member is not None and member.method == STORED
+            and member.limit - member.header_offset <= FEW
+        ]
+        picked.sort(key=lambda member: member.header_offset)
+        for run in _runs(picked):
+            start = run[0].header_offset
+            data = self.read_at(start, run[-1].limit - start)
+            view = memoryview(data)
+            for member in run:
+                begin = self._local_data_start(data, member.header_offset - start, member)
+                if begin is not None:
+                    piece = view[begin : begin + member.size]
+                    if crc32(piece) == member.crc:
+                        yield member.name, piece
+
+    def _local_data_start(self, data: bytes, at: int, member: Member) -> int | None:
+        """Where ``member``'s data starts in ``data`` (its local header at
+        ``at``), if the local header agrees with the directory (else None)."""
+        signature, _, flags, *_, name_length, extra_length = LOCAL_HEADER.values_from(data, at)
+        name_end = at + LOCAL_HEADER.size + name_length
+        if signature != LOCAL_HEADER.signature:
+            return None
+        if _member_name(data[name_end - name_length : name_end], flags) != member.name:
+            return None
+        begin = name_end + extra_length
+        return begin if begin - at + member.size <= member.limit - member.header_offset else None
 
     def check_crc(self, name: str, data: bytes | memoryview) -> None:
         """:class:`ChecksumError` unless ``data`` has the CRC-32 of member ``name``."""
@@ -403,6 +435,19 @@ class ZipReader:
         data = stream.read(stream.member.size)
         stream.finish()
         return data
+
+
+def _runs(members: list[Member]) -> Iterator[list[Member]]:
+    """``members`` (in the file's order) in runs that follow each other without
+    a gap, each spanning at most :data:`RUN` bytes (or one member)."""
+    run: list[Member] = []
+    for member in members:
+        if run and (member.header_offset != run[-1].limit or member.limit - run[0].header_offset > RUN):
+            yield run
+            run = []
+        run.append(member)
+    if run:
+        yield run
 
 
 def _check_crc(reader: ZipReader, member: Member, computed: int) -> None:

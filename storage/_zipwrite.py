@@ -136,7 +136,7 @@ class ZipWriter:
         self._directory: list[Any] = []  # the central entries of the members (bytes-like), in order
         self._headers: dict[tuple[int, bool, int, int, int], tuple[bytes, bytes]] = {}
         self._prefix_crcs: dict[bytes, int] = {}
-        self._extras: dict[int, bytes] = {0: b""}
+        self._extras: dict[int, dict[int, bytes]] = {}  # alignment -> padding -> extra field
         self._time, self._date = _dos_time(time.time())
 
     def add(
@@ -220,8 +220,12 @@ class ZipWriter:
         total = lead + size + DESCRIPTOR.size
         header_offset = self._position + np.cumsum(total) - total
         data_offset = header_offset + lead
-        crc = np.fromiter(map(self._crc, prefixes, buffers), np.uint32, count)
-        flags = np.fromiter((_flags(raw) for raw in encoded), np.uint16, count)
+        starts = self._prefix_crcs  # a model's arrays have a few dozen NPY headers
+        for prefix in set(prefixes).difference(starts):
+            starts[prefix] = crc32(prefix)
+        crc = np.array([crc32(buffer, starts[prefix]) for prefix, buffer in zip(prefixes, buffers)], np.uint32)
+        ascii_names = np.fromiter(map(bytes.isascii, encoded), bool, count)
+        flags = np.where(ascii_names, FLAG_DESCRIPTOR, FLAG_DESCRIPTOR | FLAG_UTF8).astype(np.uint16)
 
         local = np.zeros(count, _LOCAL_ROW)
         local["signature"], local["version"], local["flags"] = LOCAL_HEADER.signature, _VERSION, flags
@@ -230,7 +234,10 @@ class ZipWriter:
         descriptor = np.empty(count, _DESCRIPTOR_ROW)
         descriptor["signature"], descriptor["crc"] = DESCRIPTOR.signature, crc
         descriptor["compressed"] = descriptor["size"] = size
-        extras = [self._extra(p, align) for p in pad.tolist()]
+        pads, known = pad.tolist(), self._extras.setdefault(align, {0: b""})
+        for length in set(pads).difference(known):
+            known[length] = align_extra(length, align)
+        extras = list(map(known.__getitem__, pads))
         named = b"".join(itertools.chain.from_iterable(zip(encoded, extras)))
         glue, row_start = _rows([(local, None), (named, name_lengths + pad), (descriptor, None)])
         cuts = [0, *(row_start + lead).tolist(), len(glue)]  # each descriptor and the next lead
@@ -274,17 +281,6 @@ class ZipWriter:
             pad[short] += align
         return pad
 
-    def _crc(self, prefix: bytes, buffer: Any) -> int:
-        start = self._prefix_crcs.get(prefix)
-        if start is None:  # a model's arrays have a few dozen NPY headers
-            start = self._prefix_crcs[prefix] = crc32(prefix)
-        return crc32(buffer, start)
-
-    def _extra(self, pad: int, align: int) -> bytes:
-        extra = self._extras.get(pad)
-        if extra is None:
-            extra = self._extras[pad] = align_extra(pad, align)
-        return extra
 
     def close(self) -> None:
         """Write the central directory and the end records."""

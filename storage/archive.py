@@ -45,6 +45,7 @@ from ._reading import (
     open_source,
     prefetch_npys,
     read_npy,
+    read_small_npys,
 )
 from ._zipwrite import GATHER, MANY, ZipWriter
 from .errors import (
@@ -264,28 +265,36 @@ class Archive:
         loaded: dict[str, Any] = {}
         unpickle = _unpickle_object_array(renames) if unsafe else _refuse_object_array
         restorer = frameworks.Restorer(archive.source, map_location=map_location, as_numpy=as_numpy)
-        # Ours (a manifest: every other member is an NPY): on an object store
-        # its large arrays are fetched together, concurrently, before unpickling.
+        # Ours (a manifest: every other member is an NPY): its small arrays are
+        # read together, and on an object store its large ones fetched together,
+        # concurrently, before unpickling.
         reader = archive.reader
         names = [n for n in reader.members if n not in (PICKLE, MANIFEST)] if MANIFEST in reader else []
-        fetched = prefetch_npys(archive, names)
+        fetched = prefetch_npys(archive, names) | read_small_npys(archive, names)
+        plain = {f"ndarray.{name}": array for name, array in fetched.items()}  # by persistent id
 
         def persistent_load(pid: Any) -> Any:
+            array = plain.pop(pid, None) if type(pid) is str else None
+            if array is not None:  # the usual array, met for the first time
+                loaded[pid[len("ndarray.") :]] = array
+                return array
             kind, name = _parse_id(archive, pid)
             if name in loaded:
                 return loaded[name]
             if kind in frameworks.KINDS:
                 entry = self._entry(name)
+                plain.pop(f"ndarray.{name}", None)  # the member is the framework's array now
                 array = fetched.pop(name, None)
                 if array is None:
                     allocate = restorer.allocator(kind)
                     array = read_npy(archive, name, unpickle=_refuse_object_array, allocate=allocate)
                 loaded[name] = restorer.restore(kind, name, array, entry)
+            elif kind == "gpuarray":
+                loaded[name] = read_npy(archive, name, stream=self._gpuarray(name, True), unpickle=unpickle)
             elif name in fetched:
                 loaded[name] = fetched.pop(name)
             else:
-                stream = self._gpuarray(name, True) if kind == "gpuarray" else None
-                loaded[name] = read_npy(archive, name, stream=stream, unpickle=unpickle)
+                loaded[name] = read_npy(archive, name, unpickle=unpickle)
             return loaded[name]
 
         with archive.errors():

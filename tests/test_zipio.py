@@ -551,15 +551,16 @@ _NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclud
         max_size=12,
     ),
     names=st.data(),
-    align=st.sampled_from([1, 2, 8, 64]),
+    aligns=st.tuples(st.sampled_from([1, 2, 8, 64]), st.sampled_from([1, 2, 8, 64])),
     compression=st.sampled_from(["stored", "deflate"]),
     force_zip64=st.booleans(),
 )
 def test_many_members_at_once_are_the_bytes_of_one_add_each(
-    first: int, members: list, names: st.DataObject, align: int, compression: str, force_zip64: bool
+    first: int, members: list, names: st.DataObject, aligns: tuple[int, int], compression: str, force_zip64: bool
 ) -> None:
     """``add_many`` writes what ``add`` writes member by member (after a first
-    member that moves the start), and ``zipfile`` reads it back."""
+    member that moves the start; two batches of two alignments), and
+    ``zipfile`` reads it back."""
     unique = names.draw(st.lists(_NAMES, min_size=len(members), max_size=len(members), unique=True))
     rng = np.random.default_rng(first)
     prefixes = [prefix for prefix, _, _ in members]
@@ -568,12 +569,15 @@ def test_many_members_at_once_are_the_bytes_of_one_add_each(
     one, many = SequentialSink(), SequentialSink()
     writers = [ZipWriter(sink, compression=compression, force_zip64=force_zip64) for sink in (one, many)]
     for writer in writers:
-        writer.add("first", [bytes(first)], size=first, align=align)
-    offsets = [
-        writers[0].add(name, [prefix, memoryview(buffer).cast("B")], size=len(prefix) + buffer.nbytes, align=align).data_offset
-        for name, prefix, buffer in zip(unique, prefixes, buffers)
-    ]
-    assert writers[1].add_many(unique, prefixes, buffers, align=align) == offsets
+        writer.add("first", [bytes(first)], size=first, align=aligns[0])
+    half = len(unique) // 2
+    for align, batch in zip(aligns, (slice(0, half), slice(half, None))):
+        offsets = [
+            writers[0].add(name, [prefix, memoryview(buffer).cast("B")], size=len(prefix) + buffer.nbytes,
+                           align=align).data_offset
+            for name, prefix, buffer in zip(unique[batch], prefixes[batch], buffers[batch])
+        ]
+        assert writers[1].add_many(unique[batch], prefixes[batch], buffers[batch], align=align) == offsets
     for writer in writers:
         writer.close()
     assert many.value() == one.value()
@@ -594,3 +598,33 @@ def test_many_members_refuse_a_duplicate_name_before_writing() -> None:
     writer.close()
     with zipfile.ZipFile(io.BytesIO(sink.value())) as archive:
         assert [archive.read(name) for name in "abc"] == [b"x", b"1", b"2"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    members=st.lists(st.tuples(_NAMES, st.binary(max_size=3000)), max_size=10, unique_by=lambda m: m[0]),
+    damaged=st.integers(0, 9),
+)
+def test_many_members_read_together_are_what_zipfile_reads_and_a_damaged_one_is_left_out(
+    members: list[tuple[str, bytes]], damaged: int
+) -> None:
+    """``read_many`` on an archive written by ``zipfile`` (another writer: no data
+    descriptors, its own flags) gives every member's bytes, in the file's order;
+    a member whose data no longer matches its CRC-32 is left out, and reading it
+    alone says why."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    raw = bytearray(buffer.getvalue())
+    reader = ZipReader(io.BytesIO(bytes(raw)), source="zipfile.zip")
+    names = [name for name, _ in members]
+    assert [(name, bytes(data)) for name, data in reader.read_many(names[::-1])] == members
+    hurt = [m for m in reader.members.values() if m.size][damaged % max(1, len(members)) :][:1]
+    if not hurt:
+        return
+    raw[reader.data_offset(hurt[0])] ^= 0x01
+    reader = ZipReader(io.BytesIO(bytes(raw)), source="zipfile.zip")
+    assert [(name, bytes(data)) for name, data in reader.read_many(names)] == [m for m in members if m[0] != hurt[0].name]
+    with pytest.raises(ChecksumError, match="CRC-32 mismatch"):
+        reader.read(hurt[0].name)
