@@ -350,7 +350,7 @@ def _npy_of(data: memoryview, headers: dict[bytes, tuple[npy.NpyHeader, int, int
     header, count, size = known
     if size != len(data):
         return None
-    if count == 0:
+    if count == 0 or header.dtype.itemsize == 0:
         return np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
     flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=length)
     return flat.reshape(header.shape, order="F" if header.fortran_order else "C").copy(order="K")

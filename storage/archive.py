@@ -145,7 +145,9 @@ def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -
         nonlocal pending
         for name, header, offset in zip(names, headers, writer.add_many(names, headers, buffers, align=npy.ALIGN)):
             offsets[name] = offset + len(header)
-        names.clear(), headers.clear(), buffers.clear()
+        names.clear()
+        headers.clear()
+        buffers.clear()
         pending = 0
 
     for name, array in arrays:
@@ -157,7 +159,9 @@ def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -
             chunks = itertools.chain([header], npy.array_chunks(array))  # lazy: a strided array is copied piecewise
             offsets[name] = writer.add(name, chunks, size=size, align=npy.ALIGN).data_offset + len(header)
             continue
-        names.append(name), headers.append(header), buffers.append(data)
+        names.append(name)
+        headers.append(header)
+        buffers.append(data)
         pending += size
         if pending >= GATHER:
             flush()
