@@ -314,17 +314,17 @@ def prefetch_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.n
 
 def read_small_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np.ndarray]:
     """The arrays of the small stored NPY members among ``names``, read
-    together (:meth:`ZipReader.read_many`: one read for many members) and
-    checked as :func:`read_npy` checks them, each copied into its own memory;
-    empty for a mapped source (its arrays are mapped). A member that fails a
-    check, or holds an object array, is left out: :func:`read_npy` reads it
-    and reports what is wrong."""
+    together (:meth:`ZipReader.read_many`: one read for many members, into
+    memory their arrays share, aligned as in the file) and checked as
+    :func:`read_npy` checks them; empty for a mapped source (its arrays are
+    mapped). A member that fails a check, or holds an object array, is left
+    out: :func:`read_npy` reads it and reports what is wrong."""
     if source.mapping is not None:
         return {}
     arrays = {}
     headers: dict[bytes, tuple[npy.NpyHeader, int, int]] = {}  # a model's arrays have a few dozen
     with source.errors():
-        for name, data in source.reader.read_many(names):
+        for name, data in source.reader.read_many(names, _aligned):
             array = _npy_of(data, headers)
             if array is not None:
                 arrays[name] = array
@@ -332,7 +332,7 @@ def read_small_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np
 
 
 def _npy_of(data: memoryview, headers: dict[bytes, tuple[npy.NpyHeader, int, int]]) -> np.ndarray | None:
-    """The array in ``data`` (a whole NPY) in fresh memory, or None if its
+    """The array in ``data`` (a whole NPY), sharing its memory, or None if its
     header is bad; ``headers`` remembers each header met, its item count and
     the size of an NPY holding it."""
     try:
@@ -353,7 +353,15 @@ def _npy_of(data: memoryview, headers: dict[bytes, tuple[npy.NpyHeader, int, int
     if count == 0 or header.dtype.itemsize == 0:
         return np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
     flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=length)
-    return flat.reshape(header.shape, order="F" if header.fortran_order else "C").copy(order="K")
+    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
+def _aligned(offset: int, size: int) -> memoryview:
+    """Memory for ``size`` bytes of the file at ``offset``: what is 64-byte
+    aligned in the file (our arrays' data) is 64-byte aligned in memory."""
+    buffer = np.empty(size + npy.ALIGN, np.uint8)
+    shift = (offset - buffer.ctypes.data) % npy.ALIGN
+    return memoryview(buffer[shift : shift + size])
 
 
 def _small_npy(

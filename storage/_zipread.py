@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
 
@@ -339,12 +339,15 @@ class ZipReader:
         start = self._data_start(member, head) - member.header_offset
         return head[start : start + member.size]
 
-    def read_many(self, names: Iterable[str]) -> Iterator[tuple[str, memoryview]]:
+    def read_many(
+        self, names: Iterable[str], memory: Callable[[int, int], memoryview] = lambda _, size: memoryview(bytearray(size))
+    ) -> Iterator[tuple[str, memoryview]]:
         """The data, CRC-checked, of each stored member among ``names`` spanning
         at most :data:`FEW` bytes, in the file's order; members that follow each
-        other are read together (one read per :data:`RUN` bytes). A member whose
-        local header or CRC-32 disagrees with the directory is left out: read
-        alone, it raises the error that says so."""
+        other are read together (one read per :data:`RUN` bytes) into
+        ``memory(file offset, size)``, which the data views share. A member
+        whose local header or CRC-32 disagrees with the directory is left out:
+        read alone, it raises the error that says so."""
         members = self.members
         picked = [
             member for member in map(members.get, names)
@@ -354,23 +357,27 @@ class ZipReader:
         picked.sort(key=lambda member: member.header_offset)
         for run in _runs(picked):
             start = run[0].header_offset
-            data = self.read_at(start, run[-1].limit - start)
-            view = memoryview(data)
+            view = memory(start, run[-1].limit - start)
+            self.file.seek(start)
+            got = _fill(self.file, view)
+            if got != len(view):
+                raise self._fail(TruncatedArchiveError, f"ends at {start + got}, {len(view)} bytes "
+                                 f"were expected at offset {start}")
             for member in run:
-                begin = self._local_data_start(data, member.header_offset - start, member)
+                begin = self._local_data_start(view, member.header_offset - start, member)
                 if begin is not None:
                     piece = view[begin : begin + member.size]
                     if crc32(piece) == member.crc:
                         yield member.name, piece
 
-    def _local_data_start(self, data: bytes, at: int, member: Member) -> int | None:
+    def _local_data_start(self, data: memoryview, at: int, member: Member) -> int | None:
         """Where ``member``'s data starts in ``data`` (its local header at
         ``at``), if the local header agrees with the directory (else None)."""
         signature, _, flags, *_, name_length, extra_length = LOCAL_HEADER.values_from(data, at)
         name_end = at + LOCAL_HEADER.size + name_length
         if signature != LOCAL_HEADER.signature:
             return None
-        if _member_name(data[name_end - name_length : name_end], flags) != member.name:
+        if _member_name(bytes(data[name_end - name_length : name_end]), flags) != member.name:
             return None
         begin = name_end + extra_length
         return begin if begin - at + member.size <= member.limit - member.header_offset else None

@@ -199,3 +199,29 @@ def test_saving_a_strided_view_copies_it_in_bounded_chunks_only() -> None:
         tracemalloc.stop()
     assert sink.size > 64 << 20
     assert peak < 40 << 20
+
+
+def test_many_small_arrays_load_equal_writable_aligned_and_apart(tmp_path: Any) -> None:
+    """Small arrays are read many at a time into memory they share: each is
+    still its own writable, 64-byte aligned array, and writing one leaves the
+    others and a second load alone."""
+    rng = np.random.default_rng(11)
+    dtypes = ["<f4", "<f8", "<i2", "|u1", "<c16", "|b1"]
+    state = {
+        f"w{i}": rng.integers(0, 100, size=(i % 7, 3)).astype(dtypes[i % len(dtypes)]) for i in range(300)
+    }
+    state["fortran"] = np.asfortranarray(rng.standard_normal((30, 20)))
+    path = tmp_path / "many.zip"
+    archive.dump(state, path)
+    loaded = archive.load(path)
+    for name, array in state.items():
+        np.testing.assert_array_equal(loaded[name], array)
+        assert loaded[name].dtype == array.dtype and loaded[name].flags.writeable
+        assert loaded[name].ctypes.data % 64 == 0 or loaded[name].size == 0
+    assert loaded["fortran"].flags.f_contiguous
+    before = {name: array.copy() for name, array in loaded.items()}
+    loaded["w8"][...] = 0
+    for name, array in loaded.items():
+        if name != "w8":
+            np.testing.assert_array_equal(array, before[name])
+    np.testing.assert_array_equal(archive.load(path)["w8"], state["w8"])
