@@ -208,7 +208,7 @@ def test_many_small_arrays_load_equal_writable_aligned_and_apart(tmp_path: Any) 
     rng = np.random.default_rng(11)
     dtypes = ["<f4", "<f8", "<i2", "|u1", "<c16", "|b1"]
     state = {
-        f"w{i}": rng.integers(0, 100, size=(i % 7, 3)).astype(dtypes[i % len(dtypes)]) for i in range(300)
+        f"w{i}": rng.integers(0, 100, size=(i % 7, 200)).astype(dtypes[i % len(dtypes)]) for i in range(300)
     }
     state["fortran"] = np.asfortranarray(rng.standard_normal((30, 20)))
     path = tmp_path / "many.zip"
