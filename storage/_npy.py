@@ -129,6 +129,18 @@ def header_length(prefix: bytes) -> int:
     raise ValueError(f"unsupported NPY version {version[0]}.{version[1]}")
 
 
+def header_lengths(prefixes: np.ndarray) -> np.ndarray:
+    """:func:`header_length` of many NPYs at once: ``prefixes`` holds the first
+    12 bytes of each (uint8 rows); -1 where :func:`header_length` would refuse."""
+    magic = (prefixes[:, : len(MAGIC)] == np.frombuffer(MAGIC, np.uint8)).all(axis=1)
+    minor = prefixes[:, 7] == 0
+    short = magic & minor & (prefixes[:, 6] == 1)
+    long = magic & minor & ((prefixes[:, 6] == 2) | (prefixes[:, 6] == 3))
+    fields = prefixes[:, 8:12].astype(np.int64)
+    lengths = np.where(short, 10 + fields[:, 0] + (fields[:, 1] << 8), -1)
+    return np.where(long, 12 + fields[:, 0] + (fields[:, 1] << 8) + (fields[:, 2] << 16) + (fields[:, 3] << 24), lengths)
+
+
 def parse_header(header: bytes, *, data_size: int, where: str, pickled: bool = False) -> NpyHeader:
     """Parse and validate a complete NPY header.
 

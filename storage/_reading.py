@@ -20,7 +20,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any, Protocol
 
@@ -31,7 +31,7 @@ from fsspec.spec import AbstractBufferedFile
 from . import _npy as npy
 from ._s3read import S3Ranges, streams_ranges
 from ._transfer import BufferedRanges
-from ._zipread import READ_BLOCK, SMALL_MEMBER, MemberStream, ZipReader
+from ._zipread import READ_BLOCK, SMALL_MEMBER, MemberStream, Run, ZipReader
 from .errors import ArchiveError, BadNpyHeaderError, CheckpointError, NotAnArchiveError
 from .fs import Location, as_storage_error, resolve
 
@@ -321,39 +321,48 @@ def read_small_npys(source: ArchiveSource, names: Iterable[str]) -> dict[str, np
     out: :func:`read_npy` reads it and reports what is wrong."""
     if source.mapping is not None:
         return {}
-    arrays = {}
-    headers: dict[bytes, tuple[npy.NpyHeader, int, int]] = {}  # a model's arrays have a few dozen
+    arrays: dict[str, np.ndarray] = {}
+    headers: dict[bytes, tuple[npy.NpyHeader, int, int] | None] = {}  # a model's arrays have a few dozen
     with source.errors():
-        for name, data in source.reader.read_many(names, _aligned):
-            array = _npy_of(data, headers)
-            if array is not None:
-                arrays[name] = array
+        for run in source.reader.read_many(names, _aligned):
+            arrays.update(_npys_of(run, headers))
     return arrays
 
 
-def _npy_of(data: memoryview, headers: dict[bytes, tuple[npy.NpyHeader, int, int]]) -> np.ndarray | None:
-    """The array in ``data`` (a whole NPY), sharing its memory, or None if its
-    header is bad; ``headers`` remembers each header met, its item count and
-    the size of an NPY holding it."""
+def _npys_of(run: Run, headers: dict[bytes, tuple[npy.NpyHeader, int, int] | None]) -> Iterator[tuple[str, np.ndarray]]:
+    """The arrays in ``run``'s members (whole NPYs), sharing its memory, but
+    for members whose NPY header is bad; ``headers`` remembers each header
+    met: its item count and the size of an NPY holding it (None: bad)."""
+    data = run.data
+    starts = np.array(run.starts, np.int64)
+    whole = np.array(run.sizes, np.int64) >= 12  # any NPY is longer
+    prefixes = np.frombuffer(data, np.uint8)[starts[whole, None] + np.arange(12)]
+    lengths = np.full(len(starts), -1, np.int64)
+    lengths[whole] = npy.header_lengths(prefixes)
+    for name, start, size, length in zip(run.names, run.starts, run.sizes, lengths.tolist()):
+        if length < 0 or length > size:
+            continue
+        head = bytes(data[start : start + length])
+        known = headers.get(head, False)
+        if known is False:
+            known = headers[head] = _known_header(head, size - length)
+        if known is None or known[2] != size:
+            continue
+        header, count, _ = known
+        order = "F" if header.fortran_order else "C"
+        if count == 0 or header.dtype.itemsize == 0:
+            yield name, np.empty(header.shape, dtype=header.dtype, order=order)
+        else:
+            yield name, np.ndarray(header.shape, header.dtype, data, start + length, order=order)
+
+
+def _known_header(head: bytes, data_size: int) -> tuple[npy.NpyHeader, int, int] | None:
+    """A parsed NPY header, its item count and the size of an NPY holding it (None: bad)."""
     try:
-        length = npy.header_length(data[:12])
-    except ValueError:
+        header = npy.parse_header(head, data_size=data_size, where="")
+    except BadNpyHeaderError:
         return None
-    head = bytes(data[:length])
-    known = headers.get(head)
-    if known is None:
-        try:
-            header = npy.parse_header(head, data_size=len(data) - length, where="")
-        except BadNpyHeaderError:
-            return None
-        known = headers[head] = header, math.prod(header.shape), length + header.nbytes
-    header, count, size = known
-    if size != len(data):
-        return None
-    if count == 0 or header.dtype.itemsize == 0:
-        return np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
-    flat = np.frombuffer(data, dtype=header.dtype, count=count, offset=length)
-    return flat.reshape(header.shape, order="F" if header.fortran_order else "C")
+    return header, math.prod(header.shape), len(head) + header.nbytes
 
 
 def _aligned(offset: int, size: int) -> memoryview:

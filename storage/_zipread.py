@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, NamedTuple
+
+import numpy as np
 
 from ._crc import crc32, running_crc
 from ._transfer import Ranges, Transfer, read_into
@@ -64,7 +66,7 @@ from .errors import (
     TruncatedArchiveError,
 )
 
-__all__ = ["Member", "MemberStream", "ZipReader"]
+__all__ = ["Directory", "Member", "MemberStream", "Run", "ZipReader"]
 
 TAIL_SIZE = END.size + 0xFFFF + ZIP64_LOCATOR.size + ZIP64_END.size  # 0xFFFF: longest comment
 MAX_DEFLATE_RATIO = 1032  # DEFLATE's largest possible expansion
@@ -97,6 +99,45 @@ class Member(NamedTuple):
     size: int
     header_offset: int
     limit: int  # where the next member (or the central directory) starts
+
+
+class Directory(Mapping[str, Member]):
+    """The members by name, in the directory's order, kept as columns: an
+    archive of 50,000 arrays has as many entries, and a :class:`Member` is
+    made only when one is asked for (50,000 tuples cost more to make, and to
+    the garbage collector, than all the checks of the directory)."""
+
+    def __init__(self, names: list[str], columns: np.ndarray) -> None:
+        self.names = names
+        self.index = dict(zip(names, range(len(names))))  # by name, where its column is
+        self.columns = columns  # int64, one row per field of Member after the name
+
+    @classmethod
+    def of(cls, members: Sequence[Member]) -> Directory:
+        rows = np.array([member[1:] for member in members], np.int64).reshape(len(members), len(Member._fields) - 1)
+        return cls([member.name for member in members], rows.T.copy())
+
+    def __getitem__(self, name: str) -> Member:
+        return Member(name, *self.columns[:, self.index[name]].tolist())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class Run(NamedTuple):
+    """Members read together (:meth:`ZipReader.read_many`): ``data`` holds
+    them all; each member's data starts at ``starts`` and spans ``sizes``."""
+
+    data: memoryview
+    names: list[str]
+    starts: list[int]
+    sizes: list[int]
 
 
 _Entry = tuple[int, int, str, int, int, int, int]
@@ -172,7 +213,7 @@ class ZipReader:
                              f"{size} bytes were expected at offset {offset}")
         return bytes(data)
 
-    def _read_directory(self) -> dict[str, Member]:
+    def _read_directory(self) -> Directory:
         file_size = self.file.seek(0, 2)
         tail_start = max(0, file_size - TAIL_SIZE)
         tail = _Tail(tail_start, self.read_at(tail_start, file_size - tail_start))
@@ -181,7 +222,10 @@ class ZipReader:
             raise self._fail(NotAnArchiveError, f"{count} members cannot fit a central "
                              f"directory of {directory_size} bytes")
         directory = self._read_near(tail, directory_offset, directory_size)
-        return self._check_layout(self._parse_directory(directory, count, directory_offset), directory_offset)
+        members = _plain_directory(directory, count, directory_offset)
+        if members is None:  # something to report, or to read one entry at a time
+            members = self._check_layout(self._parse_directory(directory, count, directory_offset), directory_offset)
+        return members
 
     def _read_near(self, tail: _Tail, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``, from ``tail`` when it holds them (a
@@ -280,7 +324,7 @@ class ZipReader:
             entries.append((offset, minimum, name, method, crc, compressed, size))
         return entries
 
-    def _check_layout(self, entries: list[_Entry], directory_offset: int) -> dict[str, Member]:
+    def _check_layout(self, entries: list[_Entry], directory_offset: int) -> Directory:
         """The members in the directory's order, each with its limit (the next
         member's offset), refusing overlaps and duplicate names."""
         ordered = sorted(entries, key=lambda entry: entry[0])
@@ -292,10 +336,10 @@ class ZipReader:
             if name in limits:
                 raise self._fail(NotAnArchiveError, f"duplicate member {name!r}")
             limits[name] = limit
-        return {
-            name: Member(name, method, crc, compressed, size, offset, limits[name])
+        return Directory.of([
+            Member(name, method, crc, compressed, size, offset, limits[name])
             for offset, _, name, method, crc, compressed, size in entries
-        }
+        ])
 
     def data_offset(self, member: Member) -> int:
         """Absolute offset of the member's (compressed) data, from its local header."""
@@ -318,7 +362,11 @@ class ZipReader:
             if len(head) >= name_end
             else self.read_at(member.header_offset + LOCAL_HEADER.size, header.name_length)
         )
-        if _member_name(raw_name, header.flags) != member.name:
+        try:
+            local_name: str | None = _member_name(raw_name, header.flags)
+        except UnicodeDecodeError:  # not a name at all
+            local_name = None
+        if local_name != member.name:
             raise self._fail(NotAnArchiveError, f"member {member.name!r}: local header "
                              f"names {raw_name!r}")
         start = member.header_offset + LOCAL_HEADER.size + header.name_length + header.extra_length
@@ -341,46 +389,35 @@ class ZipReader:
 
     def read_many(
         self, names: Iterable[str], memory: Callable[[int, int], memoryview] = lambda _, size: memoryview(bytearray(size))
-    ) -> Iterator[tuple[str, memoryview]]:
+    ) -> Iterator[Run]:
         """The data, CRC-checked, of each stored member among ``names`` spanning
         at most :data:`FEW` bytes, in the file's order; members that follow each
         other are read together (one read per :data:`RUN` bytes) into
-        ``memory(file offset, size)``, which the data views share. A member
-        whose local header or CRC-32 disagrees with the directory is left out:
-        read alone, it raises the error that says so."""
-        members = self.members
-        picked = [
-            member for member in map(members.get, names)
-            if member is not None and member.method == STORED
-            and member.limit - member.header_offset <= FEW
-        ]
-        picked.sort(key=lambda member: member.header_offset)
-        for run in _runs(picked):
-            start = run[0].header_offset
-            view = memory(start, run[-1].limit - start)
+        ``memory(file offset, size)``, which their data shares, and their
+        records checked all at once. A member whose local header or CRC-32
+        disagrees with the directory is left out: read alone, it raises the
+        error that says so."""
+        directory = self.members
+        picked = np.array([i for i in map(directory.index.get, names) if i is not None], np.int64)
+        method, crc, _, size, offset, limit = directory.columns[:, picked]
+        keep = np.flatnonzero((method == STORED) & (limit - offset <= FEW))
+        keep = keep[np.argsort(offset[keep], kind="stable")]
+        picked, crc, size, offset, limit = picked[keep], crc[keep], size[keep], offset[keep], limit[keep]
+        for first, last in _runs(offset, limit):
+            start = int(offset[first])
+            view = memory(start, int(limit[last - 1]) - start)
             self.file.seek(start)
             got = _fill(self.file, view)
             if got != len(view):
                 raise self._fail(TruncatedArchiveError, f"ends at {start + got}, {len(view)} bytes "
                                  f"were expected at offset {start}")
-            for member in run:
-                begin = self._local_data_start(view, member.header_offset - start, member)
-                if begin is not None:
-                    piece = view[begin : begin + member.size]
-                    if crc32(piece) == member.crc:
-                        yield member.name, piece
-
-    def _local_data_start(self, data: memoryview, at: int, member: Member) -> int | None:
-        """Where ``member``'s data starts in ``data`` (its local header at
-        ``at``), if the local header agrees with the directory (else None)."""
-        signature, _, flags, *_, name_length, extra_length = LOCAL_HEADER.values_from(data, at)
-        name_end = at + LOCAL_HEADER.size + name_length
-        if signature != LOCAL_HEADER.signature:
-            return None
-        if _member_name(bytes(data[name_end - name_length : name_end]), flags) != member.name:
-            return None
-        begin = name_end + extra_length
-        return begin if begin - at + member.size <= member.limit - member.header_offset else None
+            run_names = [directory.names[i] for i in picked[first:last].tolist()]
+            run_sizes = size[first:last]
+            starts = _local_data_starts(view, offset[first:last] - start, limit[first:last] - start, run_sizes, run_names)
+            bounds = zip(starts.tolist(), (starts + run_sizes).tolist())
+            crcs = np.array([crc32(view[begin:end]) if begin >= 0 else -1 for begin, end in bounds], np.int64)
+            good = np.flatnonzero(crcs == crc[first:last]).tolist()
+            yield Run(view, [run_names[i] for i in good], starts[good].tolist(), run_sizes[good].tolist())
 
     def check_crc(self, name: str, data: bytes | memoryview) -> None:
         """:class:`ChecksumError` unless ``data`` has the CRC-32 of member ``name``."""
@@ -445,17 +482,113 @@ class ZipReader:
         return data
 
 
-def _runs(members: list[Member]) -> Iterator[list[Member]]:
-    """``members`` (in the file's order) in runs that follow each other without
-    a gap, each spanning at most :data:`RUN` bytes (or one member)."""
-    run: list[Member] = []
-    for member in members:
-        if run and (member.header_offset != run[-1].limit or member.limit - run[0].header_offset > RUN):
-            yield run
-            run = []
-        run.append(member)
-    if run:
-        yield run
+def _plain_directory(directory: bytes, count: int, directory_offset: int) -> Directory | None:
+    """The members of a plain directory, all its entries checked at once with
+    numpy (an archive of 50,000 arrays has as many); None when anything is not
+    plain: an entry the checks refuse, a ZIP64 value, bytes after the last
+    entry, a signature inside a name. Then the entries are read one at a time,
+    which reports the problem: what this accepts, that reading accepts alike."""
+    size = CENTRAL_ENTRY.size
+    buffer = np.frombuffer(directory, np.uint8)
+    if not count or len(buffer) < size:
+        return None
+    # Where each entry starts: wherever the signature is, if that makes a chain
+    # of exactly ``count`` entries, each ending where the next starts.
+    start = np.flatnonzero(buffer[: len(buffer) - size + 1] == CENTRAL_ENTRY.signature[0])
+    for shift, byte in enumerate(CENTRAL_ENTRY.signature[1:], 1):
+        start = start[buffer[start + shift] == byte]
+    if len(start) != count or start[0]:
+        return None
+    entry = buffer[start[:, None] + np.arange(size)].view(CENTRAL_ENTRY.row)[:, 0]
+    name_length = entry["name_length"].astype(np.int64)
+    end = start + size + name_length + entry["extra_length"] + entry["comment_length"]
+    if end[-1] != len(buffer) or not np.array_equal(end[:-1], start[1:]):
+        return None
+    method, stored_size = entry["method"], entry["size"].astype(np.int64)
+    compressed, offset = entry["compressed_size"].astype(np.int64), entry["header_offset"].astype(np.int64)
+    least_end = offset + LOCAL_HEADER.size + name_length + compressed  # of the local header and data
+    if (
+        (entry["flags"] & FLAG_ENCRYPTED).any()
+        or not np.isin(method, (STORED, DEFLATED)).all()
+        or (np.stack([stored_size, compressed, offset]) == ZIP64_LIMIT).any()
+        or ((method == STORED) & (stored_size != compressed)).any()
+        or ((method == DEFLATED) & (stored_size > compressed * MAX_DEFLATE_RATIO + 1024)).any()
+        or (least_end > directory_offset).any()
+    ):
+        return None
+    order = np.argsort(offset, kind="stable")
+    limit = np.empty_like(offset)
+    limit[order] = np.append(offset[order][1:], directory_offset)
+    if (least_end > limit).any():
+        return None
+    try:
+        names = _names(directory, start + size, name_length, entry["flags"])
+    except UnicodeDecodeError:
+        return None
+    columns = np.stack([method.astype(np.int64), entry["crc"].astype(np.int64), compressed, stored_size, offset, limit])
+    members = Directory(names, columns)
+    return members if len(members.index) == count else None  # else a duplicate name
+
+
+def _names(directory: bytes, start: np.ndarray, length: np.ndarray, flags: np.ndarray) -> list[str]:
+    """The names at ``start`` in ``directory``, each decoded as its ``flags`` say."""
+    text = directory.decode("latin-1")  # one character per byte: an ASCII name reads alike
+    bounds = zip(start.tolist(), (start + length).tolist())
+    names = [text[begin:end] for begin, end in bounds]
+    if not all(map(str.isascii, names)):
+        names = [
+            name if name.isascii() else _member_name(name.encode("latin-1"), flag)
+            for name, flag in zip(names, flags.tolist())
+        ]
+    return names
+
+
+def _runs(offset: np.ndarray, limit: np.ndarray) -> Iterator[tuple[int, int]]:
+    """The members from ``offset`` to ``limit`` (in the file's order) in runs
+    that follow each other without a gap, each spanning at most :data:`RUN`
+    bytes (or one member), as ranges of their indices."""
+    breaks = np.flatnonzero(offset[1:] != limit[:-1]) + 1
+    for first, last in zip([0, *breaks.tolist()], [*breaks.tolist(), len(offset)]):
+        while first < last:  # within a gapless stretch, as many as fit RUN bytes
+            end = first + max(1, int(np.searchsorted(limit[first:last], offset[first] + RUN, "right")))
+            yield first, end
+            first = end
+
+
+def _local_data_starts(
+    data: memoryview, at: np.ndarray, limit: np.ndarray, size: np.ndarray, names: list[str]
+) -> np.ndarray:
+    """Where the data of each member ``names[i]`` starts in ``data``, from its
+    local header at ``at[i]`` (its next neighbour at ``limit[i]``), or -1 if
+    the local header disagrees with the directory: another signature, another
+    name, data running past the next member."""
+    buffer = np.frombuffer(data, np.uint8)
+    local = buffer[at[:, None] + np.arange(LOCAL_HEADER.size)].view(LOCAL_HEADER.row)[:, 0]
+    flags, name_length = local["flags"].tolist(), local["name_length"].astype(np.int64)
+    joined = "".join(names)  # an ASCII name is the same bytes in any encoding a ZIP uses
+    encoded = (
+        [name.encode("ascii") for name in names] if joined.isascii()
+        else [_member_bytes(name, flag) for name, flag in zip(names, flags)]
+    )
+    wanted = np.fromiter(map(len, encoded), np.int64, len(names))
+    begin = at + LOCAL_HEADER.size + name_length + local["extra_length"]
+    good = (local["signature"] == LOCAL_HEADER.signature) & (name_length == wanted) & (begin + size <= limit)
+    name_start = (at + LOCAL_HEADER.size)[good]
+    lengths = wanted[good]
+    expected = np.frombuffer(b"".join([encoded[i] for i in np.flatnonzero(good).tolist()]), np.uint8)
+    placed = np.repeat(name_start - (np.cumsum(lengths) - lengths), lengths) + np.arange(len(expected))
+    wrong = np.concatenate([[0], np.cumsum(buffer[placed] != expected)])
+    ends = np.cumsum(lengths)
+    good[good] = wrong[ends] == wrong[ends - lengths]  # no byte of the name differs
+    return np.where(good, begin, -1)
+
+
+def _member_bytes(name: str, flags: int) -> bytes:
+    """``name`` as a local header with ``flags`` would hold it (b"" if it cannot)."""
+    try:
+        return name.encode("utf8" if flags & FLAG_UTF8 else "cp437")
+    except UnicodeEncodeError:
+        return b""
 
 
 def _check_crc(reader: ZipReader, member: Member, computed: int) -> None:

@@ -1,7 +1,9 @@
 """The ZIP binary records (PKWARE APPNOTE 4.3-4.5), shared by the reader and the writer.
 
 Each fixed-size record is a :class:`Record`: its four-byte signature and the
-little-endian layout of the fields that follow it, named by a NamedTuple.
+little-endian layout of the fields that follow it, named by a NamedTuple, and
+the same layout as a numpy structured dtype (:attr:`Record.row`) for code that
+reads or writes many records at once.
 The variable parts after a record (names, extra fields, comments) are the
 callers' business, except the two extra fields this package writes.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
+
+import numpy as np
 
 __all__ = [
     "ALIGN_HEADER", "CENTRAL_ENTRY", "COUNT_LIMIT", "DEFLATED", "DESCRIPTOR", "END",
@@ -29,16 +33,21 @@ FLAG_DESCRIPTOR = 0x08  # CRC-32 and sizes follow the data, in a data descriptor
 FLAG_UTF8 = 0x800  # the name is UTF-8, not CP437
 
 Fields = TypeVar("Fields", bound=tuple[int, ...])
+_NUMPY_TYPES = {"H": "<u2", "L": "<u4", "Q": "<u8"}
 
 
 class Record(Generic[Fields]):
     """A record: ``signature``, then the fields of ``fields`` laid out as ``layout``."""
 
-    def __init__(self, signature: bytes, layout: str, fields: Callable[..., Fields]) -> None:
+    def __init__(self, signature: bytes, layout: str, fields: type[Fields]) -> None:
         self.signature = signature
         self._struct = struct.Struct("<4s" + layout)
         self.size = self._struct.size
-        self._fields = fields
+        self._fields: Callable[..., Fields] = fields
+        # The record as a numpy row: ``signature``, then the fields by their names.
+        names: tuple[str, ...] = getattr(fields, "_fields")
+        self.row = np.dtype([("signature", "S4"), *zip(names, map(_NUMPY_TYPES.__getitem__, layout))])
+        assert self.row.itemsize == self.size
         # values_from(buffer, offset=0): the signature found at ``offset``, then
         # the values of the fields (a reader's hot path: no named tuple, no
         # Python call in between).

@@ -56,26 +56,6 @@ _ZIP64_LOCAL_EXTRA = zip64_extra([0, 0])  # the sizes are in the data descriptor
 _VERSION = 20  # version needed to extract a member without ZIP64 records
 _ATTRIBUTES = 0o100644 << 16  # a regular file, rw-r--r-- (Unix external attributes)
 
-# The records of :meth:`ZipWriter.add_many`, as numpy rows laid out byte for
-# byte like their struct formats (little-endian, no padding).
-_U2, _U4 = "<u2", "<u4"
-_LOCAL_ROW = np.dtype([
-    ("signature", "S4"), ("version", _U2), ("flags", _U2), ("method", _U2), ("time", _U2),
-    ("date", _U2), ("crc", _U4), ("compressed", _U4), ("size", _U4), ("name_length", _U2),
-    ("extra_length", _U2),
-])
-_DESCRIPTOR_ROW = np.dtype([("signature", "S4"), ("crc", _U4), ("compressed", _U4), ("size", _U4)])
-_CENTRAL_ROW = np.dtype([
-    ("signature", "S4"), ("made_by", _U2), ("version", _U2), ("flags", _U2), ("method", _U2),
-    ("time", _U2), ("date", _U2), ("crc", _U4), ("compressed", _U4), ("size", _U4),
-    ("name_length", _U2), ("extra_length", _U2), ("comment_length", _U2), ("disk", _U2),
-    ("internal", _U2), ("external", _U4), ("offset", _U4),
-])
-assert (_LOCAL_ROW.itemsize, _DESCRIPTOR_ROW.itemsize, _CENTRAL_ROW.itemsize) == (
-    LOCAL_HEADER.size, DESCRIPTOR.size, CENTRAL_ENTRY.size
-)
-
-
 class WrittenMember(NamedTuple):
     """Where a member landed and what the central directory says of it."""
 
@@ -227,13 +207,13 @@ class ZipWriter:
         ascii_names = np.fromiter(map(bytes.isascii, encoded), bool, count)
         flags = np.where(ascii_names, FLAG_DESCRIPTOR, FLAG_DESCRIPTOR | FLAG_UTF8).astype(np.uint16)
 
-        local = np.zeros(count, _LOCAL_ROW)
-        local["signature"], local["version"], local["flags"] = LOCAL_HEADER.signature, _VERSION, flags
+        local = np.zeros(count, LOCAL_HEADER.row)
+        local["signature"], local["version_needed"], local["flags"] = LOCAL_HEADER.signature, _VERSION, flags
         local["time"], local["date"] = self._time, self._date
         local["name_length"], local["extra_length"] = name_lengths, pad
-        descriptor = np.empty(count, _DESCRIPTOR_ROW)
+        descriptor = np.empty(count, DESCRIPTOR.row)
         descriptor["signature"], descriptor["crc"] = DESCRIPTOR.signature, crc
-        descriptor["compressed"] = descriptor["size"] = size
+        descriptor["compressed_size"] = descriptor["size"] = size
         pads, known = pad.tolist(), self._extras.setdefault(align, {0: b""})
         for length in set(pads).difference(known):
             known[length] = align_extra(length, align)
@@ -248,12 +228,12 @@ class ZipWriter:
         self._write_through(memoryview(stream))
         self._position += len(stream)
 
-        central = np.zeros(count, _CENTRAL_ROW)
-        central["signature"], central["made_by"] = CENTRAL_ENTRY.signature, (3 << 8) | _VERSION
-        central["version"], central["flags"] = _VERSION, flags
+        central = np.zeros(count, CENTRAL_ENTRY.row)
+        central["signature"], central["version_made"] = CENTRAL_ENTRY.signature, (3 << 8) | _VERSION
+        central["version_needed"], central["flags"] = _VERSION, flags
         central["time"], central["date"], central["crc"] = self._time, self._date, crc
-        central["compressed"] = central["size"] = size
-        central["name_length"], central["external"], central["offset"] = name_lengths, _ATTRIBUTES, header_offset
+        central["compressed_size"] = central["size"] = size
+        central["name_length"], central["external_attributes"], central["header_offset"] = name_lengths, _ATTRIBUTES, header_offset
         self._directory.append(_rows([(central, None), (b"".join(encoded), name_lengths)])[0])
         self._count += count
         return data_offset.tolist()

@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib import format as npformat
 
 from luigi_checkpoint.storage import _npy as npy
@@ -125,3 +127,28 @@ def test_bad_prefixes_are_refused(prefix: bytes) -> None:
         npy.header_length(prefix)
     with pytest.raises(BadNpyHeaderError):
         npy.parse_header(prefix, data_size=0, where="a.zip")
+
+
+_PREFIXES = st.builds(
+    lambda magic, major, minor, rest: magic + bytes([major, minor]) + rest,
+    st.sampled_from([npy.MAGIC, b"\x93NUMPZ", b"\x00NUMPY"]) | st.binary(min_size=6, max_size=6),
+    st.integers(0, 4),
+    st.sampled_from([0, 0, 1]),
+    st.binary(min_size=4, max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefixes=st.lists(_PREFIXES, min_size=1, max_size=20))
+def test_header_lengths_of_many_npys_agree_with_header_length_of_each(prefixes: list[bytes]) -> None:
+    """The header lengths read at once (``header_lengths``, used when many small
+    members are read together) are what ``header_length`` says of each prefix
+    alone, and -1 exactly where it refuses one."""
+    expected = []
+    for prefix in prefixes:
+        try:
+            expected.append(npy.header_length(prefix))
+        except ValueError:
+            expected.append(-1)
+    rows = np.frombuffer(b"".join(prefixes), np.uint8).reshape(len(prefixes), 12)
+    assert npy.header_lengths(rows).tolist() == expected

@@ -27,7 +27,7 @@ from luigi_checkpoint.storage.errors import (
     TruncatedArchiveError,
 )
 from luigi_checkpoint.storage._zipread import ZipReader
-from luigi_checkpoint.storage._ziprecords import FLAG_UTF8
+from luigi_checkpoint.storage._ziprecords import END, FLAG_UTF8
 from luigi_checkpoint.storage._zipwrite import ZipWriter
 
 PAYLOADS = {
@@ -536,6 +536,7 @@ def test_names_without_the_utf8_flag_read_as_cp437_like_zipfile_reads_them() -> 
     reader = _reader(bytes(data))
     assert list(reader.members) == expected
     assert reader.read(expected[0]) == b"summer" and reader.read("plain") == b"ascii"
+    assert _read_many(reader, expected) == [(expected[0], b"summer"), ("plain", b"ascii")]
 
 
 # ------------------------------------------- many small members at once
@@ -600,18 +601,34 @@ def test_many_members_refuse_a_duplicate_name_before_writing() -> None:
         assert [archive.read(name) for name in "abc"] == [b"x", b"1", b"2"]
 
 
-@settings(max_examples=60, deadline=None)
+def _read_many(reader: ZipReader, names: list[str]) -> list[tuple[str, bytes]]:
+    return [
+        (name, bytes(run.data[start : start + size]))
+        for run in reader.read_many(names)
+        for name, start, size in zip(run.names, run.starts, run.sizes)
+    ]
+
+
+_DAMAGES = {  # what is flipped, where from the member's local header; what reading it alone says
+    "data": (ChecksumError, "CRC-32 mismatch"),
+    "name": (NotAnArchiveError, "local header names"),
+    "signature": (NotAnArchiveError, "bad local header"),
+}
+
+
+@settings(max_examples=100, deadline=None)
 @given(
     members=st.lists(st.tuples(_NAMES, st.binary(max_size=3000)), max_size=10, unique_by=lambda m: m[0]),
     damaged=st.integers(0, 9),
+    damage=st.sampled_from(sorted(_DAMAGES)),
 )
 def test_many_members_read_together_are_what_zipfile_reads_and_a_damaged_one_is_left_out(
-    members: list[tuple[str, bytes]], damaged: int
+    members: list[tuple[str, bytes]], damaged: int, damage: str
 ) -> None:
     """``read_many`` on an archive written by ``zipfile`` (another writer: no data
-    descriptors, its own flags) gives every member's bytes, in the file's order;
-    a member whose data no longer matches its CRC-32 is left out, and reading it
-    alone says why."""
+    descriptors, its own flags, UTF-8 names) gives every member's bytes, in the
+    file's order; a member whose data, local name or local signature no longer
+    matches the directory is left out, and reading it alone says why."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, data in members:
@@ -619,12 +636,49 @@ def test_many_members_read_together_are_what_zipfile_reads_and_a_damaged_one_is_
     raw = bytearray(buffer.getvalue())
     reader = ZipReader(io.BytesIO(bytes(raw)), source="zipfile.zip")
     names = [name for name, _ in members]
-    assert [(name, bytes(data)) for name, data in reader.read_many(names[::-1])] == members
+    assert _read_many(reader, names[::-1]) == members
     hurt = [m for m in reader.members.values() if m.size][damaged % max(1, len(members)) :][:1]
     if not hurt:
         return
-    raw[reader.data_offset(hurt[0])] ^= 0x01
+    where = {"data": reader.data_offset(hurt[0]), "name": hurt[0].header_offset + 30, "signature": hurt[0].header_offset}
+    raw[where[damage]] ^= 0x01
     reader = ZipReader(io.BytesIO(bytes(raw)), source="zipfile.zip")
-    assert [(name, bytes(data)) for name, data in reader.read_many(names)] == [m for m in members if m[0] != hurt[0].name]
-    with pytest.raises(ChecksumError, match="CRC-32 mismatch"):
+    assert _read_many(reader, names) == [m for m in members if m[0] != hurt[0].name]
+    error, message = _DAMAGES[damage]
+    with pytest.raises(error, match=message):
         reader.read(hurt[0].name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.lists(st.tuples(_NAMES, st.binary(max_size=40)), min_size=1, max_size=8, unique_by=lambda m: m[0]),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), max_size=3),
+)
+def test_a_directory_checked_at_once_is_what_reading_entry_by_entry_accepts(
+    members: list[tuple[str, bytes]], flips: list[tuple[int, int]]
+) -> None:
+    """The whole central directory checked at once (numpy) accepts a directory
+    only if reading it entry by entry accepts it too, with the same members
+    in the same order; else the entry-by-entry reading decides (and reports).
+    Directories written by ``zipfile``, some with a few bytes flipped."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    raw = buffer.getvalue()
+    end = END.unpack_from(raw, raw.rfind(END.signature))
+    assert end is not None
+    offset, count = end.directory_offset, end.entries
+    directory = bytearray(raw[offset : offset + end.directory_size])
+    for at, flip in flips:
+        directory[at % len(directory)] ^= flip
+    reader = ZipReader(io.BytesIO(raw), source="zipfile.zip")
+    at_once = zipread._plain_directory(bytes(directory), count, offset)
+    try:
+        by_entry = reader._check_layout(reader._parse_directory(bytes(directory), count, offset), offset)
+    except (ArchiveError, struct.error, UnicodeDecodeError):
+        by_entry = None
+    if not flips:
+        assert at_once is not None
+    if at_once is not None:
+        assert by_entry is not None and list(at_once.items()) == list(by_entry.items())
