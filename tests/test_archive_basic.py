@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from luigi_checkpoint.storage import _zipread as zipread
 from luigi_checkpoint.storage import archive
 from luigi_checkpoint.storage.errors import (
     ArchiveError,
@@ -201,10 +202,12 @@ def test_saving_a_strided_view_copies_it_in_bounded_chunks_only() -> None:
     assert peak < 40 << 20
 
 
-def test_many_small_arrays_load_equal_writable_aligned_and_apart(tmp_path: Any) -> None:
+def test_many_small_arrays_load_equal_writable_aligned_and_apart(tmp_path: Any, monkeypatch: Any) -> None:
     """Small arrays are read many at a time into memory they share: each is
     still its own writable, 64-byte aligned array, and writing one leaves the
-    others and a second load alone."""
+    others and a second load alone (in runs of 64 KiB: many runs, each in
+    memory of its own)."""
+    monkeypatch.setattr(zipread, "RUN", 64 << 10)
     rng = np.random.default_rng(11)
     dtypes = ["<f4", "<f8", "<i2", "|u1", "<c16", "|b1"]
     state = {
