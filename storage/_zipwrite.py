@@ -219,11 +219,15 @@ class ZipWriter:
             known[length] = align_extra(length, align)
         extras = list(map(known.__getitem__, pads))
         named = b"".join(itertools.chain.from_iterable(zip(encoded, extras)))
-        glue, row_start = _rows([(local, None), (named, name_lengths + pad), (descriptor, None)])
-        cuts = [0, *(row_start + lead).tolist(), len(glue)]  # each descriptor and the next lead
+        prefix_lengths = np.fromiter(map(len, prefixes), np.int64, count)
+        # Between two buffers: a descriptor, the next local header, name, extra and prefix.
+        glue, row_start = _rows([
+            (local, None), (named, name_lengths + pad), (b"".join(prefixes), prefix_lengths), (descriptor, None),
+        ])
+        cuts = np.append(0, np.append(row_start + lead + prefix_lengths, len(glue)))
         view = memoryview(glue)
-        pieces = [view[start:end] for start, end in zip(cuts, cuts[1:])]
-        stream = b"".join([pieces[0], *itertools.chain.from_iterable(zip(prefixes, buffers, pieces[1:]))])
+        pieces = [view[start:end] for start, end in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
+        stream = b"".join([*itertools.chain.from_iterable(zip(pieces, buffers)), pieces[-1]])
         self._flush()
         self._write_through(memoryview(stream))
         self._position += len(stream)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import random
 import struct
 import subprocess
+import tempfile
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -555,19 +558,21 @@ _NAMES = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclud
     aligns=st.tuples(st.sampled_from([1, 2, 8, 64]), st.sampled_from([1, 2, 8, 64])),
     compression=st.sampled_from(["stored", "deflate"]),
     force_zip64=st.booleans(),
+    target=st.sampled_from(["sink", "buffered file", "raw file"]),
 )
 def test_many_members_at_once_are_the_bytes_of_one_add_each(
-    first: int, members: list, names: st.DataObject, aligns: tuple[int, int], compression: str, force_zip64: bool
+    first: int, members: list, names: st.DataObject, aligns: tuple[int, int], compression: str, force_zip64: bool,
+    target: str,
 ) -> None:
     """``add_many`` writes what ``add`` writes member by member (after a first
     member that moves the start; two batches of two alignments), and
-    ``zipfile`` reads it back."""
+    ``zipfile`` reads it back; also to a local file, buffered or raw."""
     unique = names.draw(st.lists(_NAMES, min_size=len(members), max_size=len(members), unique=True))
     rng = np.random.default_rng(first)
     prefixes = [prefix for prefix, _, _ in members]
     buffers = [rng.integers(0, 256, size, np.uint8).view(np.uint8).astype(np.uint8) for _, size, _ in members]
     buffers = [b[: len(b) // np.dtype(d).itemsize * np.dtype(d).itemsize].view(d) for b, (_, _, d) in zip(buffers, members)]
-    one, many = SequentialSink(), SequentialSink()
+    one, (many, many_value) = SequentialSink(), _destination(target)
     writers = [ZipWriter(sink, compression=compression, force_zip64=force_zip64) for sink in (one, many)]
     for writer in writers:
         writer.add("first", [bytes(first)], size=first, align=aligns[0])
@@ -581,11 +586,36 @@ def test_many_members_at_once_are_the_bytes_of_one_add_each(
         assert writers[1].add_many(unique[batch], prefixes[batch], buffers[batch], align=align) == offsets
     for writer in writers:
         writer.close()
-    assert many.value() == one.value()
-    with zipfile.ZipFile(io.BytesIO(many.value())) as archive:
+    written = many_value()
+    assert written == one.value()
+    with zipfile.ZipFile(io.BytesIO(written)) as archive:
         assert archive.namelist() == ["first", *unique]
         for name, prefix, buffer in zip(unique, prefixes, buffers):
             assert archive.read(name) == prefix + buffer.tobytes()
+
+
+def _destination(kind: str) -> tuple[Any, Callable[[], bytes]]:
+    """A destination of ``ZipWriter`` and what it holds once written: a
+    sequential sink, or a local file opened buffered or raw (whose position
+    must then be its size)."""
+    if kind == "sink":
+        sink = SequentialSink()
+        return sink, sink.value
+    descriptor, path = tempfile.mkstemp(prefix="zipio-")
+    os.close(descriptor)
+    file = open(path, "wb", buffering=-1 if kind == "buffered file" else 0)
+
+    def value() -> bytes:
+        file.flush()
+        position = file.tell()
+        file.close()
+        with open(path, "rb") as f:
+            data = f.read()
+        os.unlink(path)
+        assert position == len(data)
+        return data
+
+    return file, value
 
 
 def test_many_members_refuse_a_duplicate_name_before_writing() -> None:
