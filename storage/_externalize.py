@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _frameworks as frameworks
 from . import _numpy_compat as numpy_compat
+from ._gcpause import paused
 
 __all__ = ["Frozen", "externalizable", "freeze"]
 
@@ -94,16 +95,17 @@ def freeze(
     which are already in memory (no allocation, no page faults).
     Pickling errors propagate unchanged.
     """
-    walk = _Walk(protocol, frameworks.framework_types())
-    walk.run(obj)
-    buffer = io.BytesIO()
-    pickler: _FastPickler | _PortablePickler = _FastPickler(buffer, protocol, walk)
-    try:
-        pickler.dump(obj)
-    except _NeedsPortableNames:
+    with paused():  # a few objects per array, no cycles
+        walk = _Walk(protocol, frameworks.framework_types())
+        walk.run(obj)
         buffer = io.BytesIO()
-        pickler = _PortablePickler(buffer, protocol, walk)
-        pickler.dump(obj)
+        pickler: _FastPickler | _PortablePickler = _FastPickler(buffer, protocol, walk)
+        try:
+            pickler.dump(obj)
+        except _NeedsPortableNames:
+            buffer = io.BytesIO()
+            pickler = _PortablePickler(buffer, protocol, walk)
+            pickler.dump(obj)
     arrays = pickler.arrays
     if copy:
         spare = dict(reuse.arrays) if reuse is not None else {}

@@ -36,6 +36,7 @@ from . import _manifest, _theano
 from . import _npy as npy
 from . import _trust as trust
 from ._externalize import Frozen, freeze
+from ._gcpause import paused
 from ._reading import (
     ArchiveSource,
     NpyStream,
@@ -111,18 +112,17 @@ def write_frozen(
     )
     writer = ZipWriter(file, compression=compression)
     offsets = _write_arrays(writer, frozen.arrays)
-    stored = compression == "stored"
-    for name, array in frozen.arrays:
-        entry = {
-            "name": name,
-            "dtype": array.dtype.str,
-            "shape": list(array.shape),
-            "nbytes": array.nbytes,
-            "offset": offsets[name] if stored else None,
-        }
-        if name in frozen.entries:
-            entry.update(frozen.entries[name])
-        manifest["arrays"].append(entry)
+    if compression != "stored":
+        offsets = dict.fromkeys(offsets)
+    with paused():  # a dict and a list per array, no cycles
+        manifest["arrays"] = [
+            {"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "nbytes": array.nbytes,
+             "offset": offsets[name]}
+            for name, array in frozen.arrays
+        ]
+        if frozen.entries:  # framework members say what they were
+            for entry in manifest["arrays"]:
+                entry.update(frozen.entries.get(entry["name"], {}))
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
     text = _manifest.to_bytes(manifest)
     writer.add(MANIFEST, [text], size=len(text))
