@@ -567,11 +567,10 @@ def _local_data_starts(
     name, data running past the next member."""
     buffer = np.frombuffer(data, np.uint8)
     local = buffer[at[:, None] + np.arange(LOCAL_HEADER.size)].view(LOCAL_HEADER.row)[:, 0]
-    flags, name_length = local["flags"].tolist(), local["name_length"].astype(np.int64)
-    joined = "".join(names)  # an ASCII name is the same bytes in any encoding a ZIP uses
-    encoded = (
-        [name.encode("ascii") for name in names] if joined.isascii()
-        else [_member_bytes(name, flag) for name, flag in zip(names, flags)]
+    name_length = local["name_length"].astype(np.int64)
+    encoded = (  # an ASCII name is the same bytes in any encoding a ZIP uses
+        [name.encode("ascii") for name in names] if "".join(names).isascii()
+        else [_member_bytes(name, flag) for name, flag in zip(names, local["flags"].tolist())]
     )
     wanted = np.fromiter(map(len, encoded), np.int64, len(names))
     begin = at + LOCAL_HEADER.size + name_length + local["extra_length"]
