@@ -75,7 +75,8 @@ OUTPUT_BLOCK = 16 << 20  # uncompressed bytes produced between CRC updates
 STORED_BLOCK = 2 << 20  # stored bytes read at a time from a local file: the CRC of
 # one block overlaps the next read, so only the last block's CRC is waited for
 SMALL_MEMBER = 1 << 20  # stored members up to this size (with headers) are read in one request
-FEW = 64 << 10  # stored members up to this size (with headers) can be read many at a time
+FEW = 1 << 20  # stored members up to this size (with headers) can be read many at a time
+# (1,000 arrays of 131 KiB: 56 ms, against 89 ms read one at a time at 64 KiB)
 RUN = 8 << 20  # ... members that follow each other, up to this many bytes per read and per
 # block of memory their arrays share (numpy gives 4 MiB and more huge pages: reading into
 # fresh memory then faults a page per 2 MiB, not per 4 KiB; at 1 MiB, loading 10,000
