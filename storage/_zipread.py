@@ -92,9 +92,8 @@ class _Tail:
 
 
 class Member(NamedTuple):
-    """One central directory entry, validated against the file's layout (a
-    named tuple: an archive of 50,000 arrays makes as many, and a frozen
-    dataclass costs 2 us each to build)."""
+    """One central directory entry, validated against the file's layout (made
+    by :class:`Directory` when asked for)."""
 
     name: str
     method: int
