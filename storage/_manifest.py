@@ -63,10 +63,17 @@ def new(kind: str, version: int, where: str, **fields: Any) -> dict[str, Any]:
     return manifest
 
 
-def to_bytes(manifest: Mapping[str, Any]) -> bytes:
+def to_bytes(manifest: Mapping[str, Any], *, arrays: str | None = None) -> bytes:
     """The member's bytes: one line (json's C encoder; indenting takes its
-    Python one, 10 us per array of the manifest)."""
-    return json.dumps(manifest).encode("utf8")
+    Python one, 10 us per array of the manifest).
+
+    ``arrays`` is the JSON text of ``manifest["arrays"]``, its last field,
+    when the caller has encoded it already (the same text ``json.dumps`` writes).
+    """
+    if arrays is None:
+        return json.dumps(manifest).encode("utf8")
+    head = json.dumps({key: value for key, value in manifest.items() if key != "arrays"})
+    return f'{head[:-1]}, "arrays": {arrays}}}'.encode("utf8")
 
 
 def parse(data: bytes | None, where: str, *, kind: str, version: int) -> dict[str, Any]:

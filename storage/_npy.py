@@ -75,17 +75,58 @@ def is_written_fortran(array: np.ndarray) -> bool:
 
 def header_bytes(array: np.ndarray) -> bytes:
     """The NPY header of ``array`` (version 1.0 when it fits, else 2.0 or 3.0)."""
-    dtype, fortran = array.dtype, is_written_fortran(array)
-    if dtype.fields is None and dtype.metadata is None:  # the dtype alone says its descr
-        return _cached_header(dtype, array.shape, fortran)
-    return _header(dtype, array.shape, fortran)
+    return header_and_data(array)[0]
 
 
-@functools.lru_cache(maxsize=1024)
-def _cached_header(dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> bytes:
-    """Headers of the usual (unstructured) arrays: a model's thousands of
-    arrays have a few dozen shapes."""
-    return _header(dtype, shape, fortran)
+def contiguous_data(array: np.ndarray) -> np.ndarray | memoryview | None:
+    """The data of a C- or F-contiguous array as one buffer of its own memory,
+    in the order its header declares (None for other arrays): the array
+    itself where numpy exports its dtype as a buffer (native numbers), else
+    a bytes view."""
+    return header_and_data(array)[1]
+
+
+def header_and_data(array: np.ndarray) -> tuple[bytes, np.ndarray | memoryview | None]:
+    """:func:`header_bytes` and :func:`contiguous_data` of ``array`` at once.
+
+    Both follow from the array's dtype, shape and strides, which are
+    remembered (up to :data:`LAYOUTS` of them): a model's thousands of arrays
+    have a few dozen, and a save asks once per array.
+    """
+    dtype = array.dtype
+    key = (dtype, array.shape, array.strides)
+    known = _layouts.get(key)
+    if known is None:
+        known = _layout(array)
+        if dtype.fields is None and dtype.metadata is None:  # equal such dtypes have one descr
+            if len(_layouts) >= LAYOUTS:
+                _layouts.clear()
+            _layouts[key] = known
+    header, how = known
+    if how is None:
+        return header, None
+    if how == _OWN:
+        return header, array
+    source = array.T if how & _TRANSPOSED else array
+    return header, _bytes(source) if how & _AS_BYTES else source
+
+
+_OWN, _TRANSPOSED, _AS_BYTES = 0, 1, 2
+"""How an array's data is one buffer: ``_OWN`` the array itself, else a bit
+set of transposed (F-contiguous: the transpose is C-contiguous) and as bytes
+(numpy exports the dtype only as a bytes view)."""
+LAYOUTS = 4096
+_layouts: dict[tuple[np.dtype, tuple[int, ...], tuple[int, ...]], tuple[bytes, int | None]] = {}
+
+
+def _layout(array: np.ndarray) -> tuple[bytes, int | None]:
+    fortran = is_written_fortran(array)
+    header = _header(array.dtype, array.shape, fortran)
+    if not (array.flags.c_contiguous or fortran):
+        return header, None
+    dtype = array.dtype
+    how = (_TRANSPOSED if fortran else 0) | (0 if dtype.kind in "biufc" and dtype.isnative else _AS_BYTES)
+    return header, how
 
 
 def _header(dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> bytes:
@@ -245,21 +286,6 @@ def _copied_chunks(array: np.ndarray) -> Iterator[memoryview]:
     rows = max(1, COPY_CHUNK // max(1, row))
     for start in range(0, array.shape[0], rows):
         yield _bytes(np.ascontiguousarray(array[start : start + rows]))
-
-
-def contiguous_data(array: np.ndarray) -> np.ndarray | memoryview | None:
-    """The data of a C- or F-contiguous array as one buffer of its own memory,
-    in the order its header declares (None for other arrays): the array
-    itself where numpy exports its dtype as a buffer (native numbers), else
-    a bytes view."""
-    if array.flags.c_contiguous:
-        source = array
-    elif array.flags.f_contiguous:
-        source = array.T
-    else:
-        return None
-    dtype = source.dtype
-    return source if dtype.kind in "biufc" and dtype.isnative else _bytes(source)
 
 
 def _bytes(array: np.ndarray) -> memoryview:

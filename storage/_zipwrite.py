@@ -167,17 +167,25 @@ class ZipWriter:
         return member
 
     def add_many(
-        self, names: Sequence[str], prefixes: Sequence[bytes], buffers: Sequence[Any], *, align: int = 1
+        self,
+        names: Sequence[str],
+        prefixes: Sequence[bytes],
+        buffers: Sequence[Any],
+        *,
+        sizes: Sequence[int] | None = None,
+        align: int = 1,
     ) -> list[int]:
         """Write one member per name whose data is its prefix then its buffer
         (a contiguous bytes-like object); return where each member's data starts.
+        ``sizes``, if given, are the members' lengths (prefix and buffer).
 
         The same bytes as :meth:`add` for each in turn, for many small members
         at a fraction of the cost: their records are built as numpy rows and
         the members written with one call. Members that are not small, not
         stored or need ZIP64 records go through :meth:`add`.
         """
-        sizes = [len(prefix) + memoryview(buffer).nbytes for prefix, buffer in zip(prefixes, buffers)]
+        if sizes is None:
+            sizes = [len(prefix) + memoryview(buffer).nbytes for prefix, buffer in zip(prefixes, buffers)]
         batch = sum(sizes) + len(names) * (LOCAL_HEADER.size + DESCRIPTOR.size + 2 * align + 0xFFFF)
         if (
             self._method != STORED or self._force_zip64 or max(sizes, default=0) >= SMALL

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import pickle
 import pickletools
@@ -115,62 +116,85 @@ def write_frozen(
         arrays=[],
     )
     writer = ZipWriter(file, compression=compression)
-    offsets = _write_arrays(writer, frozen.arrays)
+    headers, offsets = _write_arrays(writer, frozen.arrays)
     if compression != "stored":
-        offsets = dict.fromkeys(offsets)
-    with paused():  # a dict and a list per array, no cycles
-        manifest["arrays"] = [
-            {"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "nbytes": array.nbytes,
-             "offset": offsets[name]}
-            for name, array in frozen.arrays
-        ]
-        if frozen.entries:  # framework members say what they were
-            for entry in manifest["arrays"]:
-                entry.update(frozen.entries.get(entry["name"], {}))
+        offsets = [None] * len(offsets)
+    manifest["arrays"], listed = _array_entries(frozen, headers, offsets)
     writer.add(PICKLE, [frozen.pickle], size=len(frozen.pickle))
-    text = _manifest.to_bytes(manifest)
+    text = _manifest.to_bytes(manifest, arrays=listed)
     writer.add(MANIFEST, [text], size=len(text))
     writer.close()
     return manifest
 
 
-def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
-    """Write each array as an NPY member, 64-byte aligned; return where each
-    array's data starts. Runs of small contiguous arrays (below ``MANY``
-    bytes) go to the writer together (:meth:`ZipWriter.add_many`), up to
-    ``BATCH`` bytes at a time."""
-    offsets: dict[str, int] = {}
-    names: list[str] = []
+def _write_arrays(writer: ZipWriter, arrays: Iterable[tuple[str, np.ndarray]]) -> tuple[list[bytes], list[int]]:
+    """Write each array as an NPY member, 64-byte aligned; return each one's
+    NPY header and where its data starts. Runs of small contiguous arrays
+    (below ``MANY`` bytes) go to the writer together
+    (:meth:`ZipWriter.add_many`), up to ``BATCH`` bytes at a time."""
     headers: list[bytes] = []
+    offsets: list[int] = []
+    names: list[str] = []
     buffers: list[Any] = []
+    sizes: list[int] = []
     pending = 0
 
     def flush() -> None:
         nonlocal pending
-        for name, header, offset in zip(names, headers, writer.add_many(names, headers, buffers, align=npy.ALIGN)):
-            offsets[name] = offset + len(header)
+        batch = headers[len(offsets) :]
+        starts = writer.add_many(names, batch, buffers, sizes=sizes, align=npy.ALIGN)
+        offsets.extend(map(int.__add__, starts, map(len, batch)))
         names.clear()
-        headers.clear()
         buffers.clear()
+        sizes.clear()
         pending = 0
 
     for name, array in arrays:
-        header = npy.header_bytes(array)
+        header, data = npy.header_and_data(array)
         size = len(header) + array.nbytes
-        data = npy.contiguous_data(array) if size < MANY else None
-        if data is None:
+        if data is None or size >= MANY:
             flush()
+            headers.append(header)
             chunks = itertools.chain([header], npy.array_chunks(array))  # lazy: a strided array is copied piecewise
-            offsets[name] = writer.add(name, chunks, size=size, align=npy.ALIGN).data_offset + len(header)
+            offsets.append(writer.add(name, chunks, size=size, align=npy.ALIGN).data_offset + len(header))
             continue
-        names.append(name)
         headers.append(header)
+        names.append(name)
         buffers.append(data)
+        sizes.append(size)
         pending += size
         if pending >= BATCH:
             flush()
     flush()
-    return offsets
+    return headers, offsets
+
+
+def _array_entries(frozen: Frozen, headers: list[bytes], offsets: list[int | None]) -> tuple[list[dict[str, Any]], str]:
+    """The manifest's entries of the arrays and their JSON text, as
+    ``json.dumps`` writes it: the fields an NPY header decides are encoded once
+    per header (a model's thousands of arrays have a few dozen)."""
+    known: dict[bytes, tuple[str, tuple[int, ...], int, str]] = {}
+    entries: list[dict[str, Any]] = []
+    texts: list[str] = []
+    quote = json.encoder.encode_basestring_ascii
+    with paused():  # a dict and a list per array, no cycles
+        for (name, array), header, offset in zip(frozen.arrays, headers, offsets):
+            fields = known.get(header)
+            if fields is None:
+                dtype, shape, nbytes = array.dtype.str, array.shape, array.nbytes
+                fields = known[header] = (
+                    dtype, shape, nbytes, f'"dtype": {quote(dtype)}, "shape": {json.dumps(list(shape))}, "nbytes": {nbytes}, "offset": '
+                )
+            dtype, shape, nbytes, fragment = fields
+            entry = {"name": name, "dtype": dtype, "shape": list(shape), "nbytes": nbytes, "offset": offset}
+            entries.append(entry)
+            extra = frozen.entries.get(name)
+            if extra or offset is None:  # framework members say what they were
+                entry.update(extra or {})
+                texts.append(json.dumps(entry))
+            else:
+                texts.append(f'{{"name": {quote(name)}, {fragment}{offset}}}')
+    return entries, f"[{', '.join(texts)}]"
 
 
 def check_trusted(frozen: Frozen, trusted: Iterable[Any], where: str) -> None:

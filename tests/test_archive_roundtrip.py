@@ -36,6 +36,7 @@ from .helpers_archive import (
     assert_same,
 )
 from luigi_checkpoint.storage.errors import ChecksumError
+from luigi_checkpoint.storage.archive import Frozen as ArchiveFrozen
 from luigi_checkpoint.storage.archive import dump, freeze, load, read_arrays, read_manifest, write_frozen
 
 EXAMPLES = {"local": 60, "file": 25, "memory": 40, "s3": 15}
@@ -307,6 +308,39 @@ def test_manifest_describes_the_archive(tmp_path: Any) -> None:
     with zipfile.ZipFile(path) as zf:
         assert json.loads(zf.read("manifest.json")) == manifest
     assert read_manifest(path) == manifest
+
+
+MEMBER_NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=6).filter(
+    lambda name: name not in ("pkl", "manifest.json")
+)
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(
+    arrays=st.dictionaries(MEMBER_NAMES, ARRAYS, max_size=6),
+    described=st.sets(st.integers(0, 5), max_size=2),
+    compression=st.sampled_from(["stored", "deflate"]),
+)
+def test_manifest_member_is_what_json_dumps_writes(
+    arrays: dict[str, np.ndarray], described: set[int], compression: str
+) -> None:
+    """The manifest's array entries are encoded once per NPY header, not by
+    ``json``: their bytes are still exactly ``json.dumps`` of the returned
+    manifest, for any member name, dtype, layout, framework fields and
+    compression."""
+    names = list(arrays)
+    entries = {names[i]: {"framework": "torch", "type": "torch.Tensor", "note": 'a "b" \u00e9'} for i in described if i < len(names)}
+    frozen = ArchiveFrozen(b"\x80\x05N.", tuple(arrays.items()), 5, entries)
+    out = io.BytesIO()
+    manifest = write_frozen(frozen, out, compression=compression, metadata={"step": 3, "name": "\u00e9\n"})
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as zf:
+        raw = zf.read("manifest.json")
+    assert raw == json.dumps(manifest).encode("utf8")
+    listed = json.loads(raw)["arrays"]
+    assert [entry["name"] for entry in listed] == names
+    for entry, (name, array) in zip(listed, arrays.items()):
+        assert (entry["dtype"], tuple(entry["shape"]), entry["nbytes"]) == (array.dtype.str, array.shape, array.nbytes)
+        assert {key: entry[key] for key in entries.get(name, {})} == entries.get(name, {})
 
 
 @settings(max_examples=30, **SETTINGS)

@@ -152,3 +152,42 @@ def test_header_lengths_of_many_npys_agree_with_header_length_of_each(prefixes: 
             expected.append(-1)
     rows = np.frombuffer(b"".join(prefixes), np.uint8).reshape(len(prefixes), 12)
     assert npy.header_lengths(rows).tolist() == expected
+
+
+def _laid_out(array: np.ndarray, how: str) -> np.ndarray:
+    if array.ndim == 0 or how == "c":
+        return array
+    if how == "f":
+        return np.asfortranarray(array)
+    if how == "t":
+        return array.T
+    return array[::2] if how == "step" else array[::-1]
+
+
+LAID_OUT = st.builds(
+    _laid_out,
+    st.builds(
+        lambda dtype, shape: np.arange(int(np.prod(shape)), dtype="<i8").astype(dtype).reshape(shape),
+        st.sampled_from(["<f4", ">f4", "<i2", "|u1", "?", "<c8", "S2", "<U1", "<M8[s]", [("x", "<f4"), ("y", ">i2")]]),
+        st.sampled_from([(), (0,), (1,), (5,), (2, 3), (3, 1), (1, 4), (2, 0, 3)]),
+    ),
+    st.sampled_from(["c", "f", "t", "step", "rev"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays=st.lists(LAID_OUT, min_size=1, max_size=8))
+def test_header_and_data_from_remembered_layouts_are_those_of_each_array(arrays: list[np.ndarray]) -> None:
+    """Layouts are remembered by dtype, shape and strides: arrays met again
+    (twice here, and others of the same layout) get the header numpy reads
+    back as theirs and their own data, in the order that header declares."""
+    for array in arrays * 2:
+        header, data = npy.header_and_data(array)
+        fortran = npy.is_written_fortran(array)
+        parsed = npy.parse_header(header, data_size=array.nbytes, where="x")
+        assert (parsed.dtype.descr, parsed.shape, parsed.fortran_order) == (array.dtype.descr, array.shape, fortran)
+        if data is None:
+            assert not (array.flags.c_contiguous or array.flags.f_contiguous)
+            continue
+        assert np.asarray(data).tobytes() == array.tobytes(order="F" if fortran else "C")
+        assert array.size == 0 or np.shares_memory(np.asarray(data), array)
