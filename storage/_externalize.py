@@ -121,6 +121,8 @@ def _copy(array: np.ndarray, spare: np.ndarray | None) -> np.ndarray:
 
 
 def _component(key: object) -> str | None:
+    if type(key) is str and key.isascii() and key.isalnum():  # the usual key: nothing to replace
+        return key
     if isinstance(key, (str, int)):
         return _ODD.sub("_", str(key)) or "_"
     return None
@@ -137,7 +139,7 @@ class _Walk:
         self._alive: dict[int, object] = {}  # keeps ids unique while names are in use
 
     def run(self, root: object) -> None:
-        stack: list[tuple[object, tuple[str, ...]]] = [(root, ())]
+        stack: list[tuple[object, str]] = [(root, "")]
         alive, paths, framework_types = self._alive, self.paths, self.framework_types
         while stack:  # runs once per object of the state: kept lean
             obj, path = stack.pop()
@@ -146,18 +148,20 @@ class _Walk:
                 continue
             if externalizable(obj) or type(obj) in framework_types:
                 alive[key] = obj
-                paths[key] = "/".join(path)
+                paths[key] = path
                 continue
             if isinstance(obj, _LEAVES):
                 continue
             alive[key] = obj
             stack.extend(reversed(self._children(obj, path)))
 
-    def _children(self, obj: object, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
+    def _children(self, obj: object, path: str) -> list[tuple[object, str]]:
+        """The objects ``obj`` holds, each with its path (``/``-separated components)."""
+        base = f"{path}/" if path else ""
         if type(obj) is dict:
-            return _items(obj.items(), path)
+            return _items(obj.items(), base)
         if type(obj) in (list, tuple):
-            return [(item, (*path, str(i))) for i, item in enumerate(obj)]  # type: ignore[arg-type]
+            return [(item, f"{base}{i}") for i, item in enumerate(obj)]  # type: ignore[arg-type]
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
             return []
         reduced = self._reduce(obj)
@@ -166,11 +170,11 @@ class _Walk:
         children = [(arg, path) for arg in reduced[1]]
         state = reduced[2] if len(reduced) > 2 else None
         for part in state if type(state) is tuple else (state,):
-            children += _items(part.items(), path) if type(part) is dict else [(part, path)]
+            children += _items(part.items(), base) if type(part) is dict else [(part, path)]
         if len(reduced) > 3 and reduced[3] is not None:
-            children += [(item, (*path, str(i))) for i, item in enumerate(reduced[3])]
+            children += [(item, f"{base}{i}") for i, item in enumerate(reduced[3])]
         if len(reduced) > 4 and reduced[4] is not None:
-            children += _items(reduced[4], path)
+            children += _items(reduced[4], base)
         return children
 
     def _reduce(self, obj: object) -> tuple[Any, ...] | None:
@@ -200,8 +204,8 @@ class _Walk:
         )
 
 
-def _items(pairs: Any, path: tuple[str, ...]) -> list[tuple[object, tuple[str, ...]]]:
-    return [(value, (*path, part)) for key, value in pairs if (part := _component(key)) is not None]
+def _items(pairs: Any, base: str) -> list[tuple[object, str]]:
+    return [(value, base + part) for key, value in pairs if (part := _component(key)) is not None]
 
 
 class _NeedsPortableNames(Exception):
@@ -226,12 +230,12 @@ class _Externalizing:
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) in _PICKLED_BY_TYPE:  # called for every object: keys, numbers...
             return None
+        pid = self._ids.get(id(obj))  # the objects of these ids are kept alive
+        if pid is not None:
+            return pid
         framework = self._walk.framework_types.get(type(obj))
         if framework is None and not externalizable(obj):
             return None
-        pid = self._ids.get(id(obj))
-        if pid is not None:
-            return pid
         name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
         if framework is not None:
             member = frameworks.as_member(obj, framework)
