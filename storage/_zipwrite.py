@@ -211,7 +211,7 @@ class ZipWriter:
         starts = self._prefix_crcs  # a model's arrays have a few dozen NPY headers
         for prefix in set(prefixes).difference(starts):
             starts[prefix] = crc32(prefix)
-        crc = np.array([crc32(buffer, starts[prefix]) for prefix, buffer in zip(prefixes, buffers)], np.uint32)
+        crc = np.fromiter(map(crc32, buffers, map(starts.__getitem__, prefixes)), np.uint32, count)
         ascii_names = np.fromiter(map(bytes.isascii, encoded), bool, count)
         flags = np.where(ascii_names, FLAG_DESCRIPTOR, FLAG_DESCRIPTOR | FLAG_UTF8).astype(np.uint16)
 
@@ -226,16 +226,8 @@ class ZipWriter:
         for length in set(pads).difference(known):
             known[length] = align_extra(length, align)
         extras = list(map(known.__getitem__, pads))
-        named = b"".join(itertools.chain.from_iterable(zip(encoded, extras)))
-        prefix_lengths = np.fromiter(map(len, prefixes), np.int64, count)
-        # Between two buffers: a descriptor, the next local header, name, extra and prefix.
-        glue, row_start = _rows([
-            (local, None), (named, name_lengths + pad), (b"".join(prefixes), prefix_lengths), (descriptor, None),
-        ])
-        cuts = np.append(0, np.append(row_start + lead + prefix_lengths, len(glue)))
-        view = memoryview(glue)
-        pieces = [view[start:end] for start, end in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
-        stream = b"".join([*itertools.chain.from_iterable(zip(pieces, buffers)), pieces[-1]])
+        members = zip(_records(local), encoded, extras, prefixes, buffers, _records(descriptor))
+        stream = b"".join(itertools.chain.from_iterable(members))
         self._flush()
         self._write_through(memoryview(stream))
         self._position += len(stream)
@@ -246,7 +238,7 @@ class ZipWriter:
         central["time"], central["date"], central["crc"] = self._time, self._date, crc
         central["compressed_size"] = central["size"] = size
         central["name_length"], central["external_attributes"], central["header_offset"] = name_lengths, _ATTRIBUTES, header_offset
-        self._directory.append(_rows([(central, None), (b"".join(encoded), name_lengths)])[0])
+        self._directory.append(b"".join(itertools.chain.from_iterable(zip(_records(central), encoded))))
         self._count += count
         return data_offset.tolist()
 
@@ -394,22 +386,7 @@ class ZipWriter:
         return crc, written, compressed + len(out)
 
 
-def _rows(columns: list[tuple[Any, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows laid end to end, each the concatenation of its parts in column
-    order, and where each row starts. A column is a structured numpy array of
-    one fixed-size record per row (lengths None) or bytes of the rows' parts
-    laid end to end with the length of each."""
-    parts = [
-        (np.frombuffer(data, np.uint8) if lengths is not None else data.view(np.uint8),
-         lengths if lengths is not None else np.full(len(data), data.dtype.itemsize, np.int64))
-        for data, lengths in columns
-    ]
-    row_length = sum(lengths for _, lengths in parts)
-    row_start = np.cumsum(row_length) - row_length
-    out = np.empty(int(row_length.sum()), np.uint8)
-    at = row_start.copy()  # where each row's part of the current column goes
-    for flat, lengths in parts:
-        source_start = np.cumsum(lengths) - lengths
-        out[np.repeat(at - source_start, lengths) + np.arange(len(flat))] = flat
-        at += lengths
-    return out, row_start
+def _records(rows: np.ndarray) -> list[bytes]:
+    """The bytes of each row of a structured array."""
+    data, width = rows.tobytes(), rows.dtype.itemsize
+    return [data[start : start + width] for start in range(0, len(data), width)]
