@@ -15,8 +15,11 @@ other object through the value its ``__reduce_ex__`` returns (so dataclasses,
 ``__dict__``, ``__slots__``, ``__getstate__`` and numpy random generators are
 all seen). Those reduce values are handed to the pickler again through
 ``reducer_override``, so each object is reduced once and the arrays it
-produces (a bit generator's state) are the very ones the walk named. Arrays
-the walk does not reach are ``array_<n>``.
+produces (a bit generator's state) are the very ones the walk named. A name
+taken already gets a suffix (``_2``, ``_3``... in the order the walk meets
+them); arrays the walk does not reach are ``array_<n>``. The pickler looks
+up the persistent id the walk made for each array: it does no naming work
+per array.
 
 Whatever numpy version runs, the pickle names numpy's objects in the forms
 every supported numpy reads (:mod:`luigi_checkpoint.storage._numpy_compat`):
@@ -48,6 +51,7 @@ __all__ = ["Frozen", "externalizable", "freeze"]
 
 RESERVED = frozenset({"pkl", "manifest.json"})
 MAX_NAME = 200
+_PLAIN = "ndarray."  # persistent ids of plain arrays: this, then the member name
 _ODD = re.compile(r"[^A-Za-z0-9_\-]+")
 _LEAVES = (
     type(None), bool, int, float, complex, str, bytes, bytearray, type, range, slice,
@@ -96,21 +100,25 @@ def freeze(
     Pickling errors propagate unchanged.
     """
     with paused():  # a few objects per array, no cycles
-        walk = _Walk(protocol, frameworks.framework_types())
-        walk.run(obj)
-        buffer = io.BytesIO()
-        pickler: _FastPickler | _PortablePickler = _FastPickler(buffer, protocol, walk)
         try:
-            pickler.dump(obj)
+            buffer, pickler = _pickled(obj, protocol, _FastPickler)
         except _NeedsPortableNames:
-            buffer = io.BytesIO()
-            pickler = _PortablePickler(buffer, protocol, walk)
-            pickler.dump(obj)
+            buffer, pickler = _pickled(obj, protocol, _PortablePickler)
     arrays = pickler.arrays
     if copy:
         spare = dict(reuse.arrays) if reuse is not None else {}
         arrays = [(name, _copy(array, spare.get(name))) for name, array in arrays]
     return Frozen(buffer.getvalue(), tuple(arrays), protocol, pickler.entries)
+
+
+def _pickled(obj: Any, protocol: int, kind: type[_FastPickler | _PortablePickler]) -> tuple[io.BytesIO, _Externalizing]:
+    """``obj`` walked, then pickled by a pickler of ``kind`` (which uses up the walk's names)."""
+    walk = _Walk(protocol, frameworks.framework_types())
+    walk.run(obj)
+    buffer = io.BytesIO()
+    pickler = kind(buffer, protocol, walk)
+    pickler.dump(obj)
+    return buffer, pickler
 
 
 def _copy(array: np.ndarray, spare: np.ndarray | None) -> np.ndarray:
@@ -129,26 +137,40 @@ def _component(key: object) -> str | None:
 
 
 class _Walk:
-    """Depth-first walk recording array paths and cached reduce values."""
+    """Depth-first walk naming arrays by their paths and caching reduce values.
+
+    Each array met on a path gets a unique member name, in the order the walk
+    meets them: ``pids`` holds the persistent id of each plain array and
+    ``names`` the name of each framework object, by id. Names made later
+    (``array_<n>``) come from :meth:`unique` too.
+    """
 
     def __init__(self, protocol: int, framework_types: dict[type, str]) -> None:
         self.protocol = protocol
         self.framework_types = framework_types
-        self.paths: dict[int, str] = {}
+        self.pids: dict[int, str] = {}
+        self.names: dict[int, str] = {}
         self.reductions: dict[int, tuple[Any, ...]] = {}
         self._alive: dict[int, object] = {}  # keeps ids unique while names are in use
+        self._used: set[str] = set(RESERVED)
 
     def run(self, root: object) -> None:
         stack: list[tuple[object, str]] = [(root, "")]
-        alive, paths, framework_types = self._alive, self.paths, self.framework_types
+        alive, pids, framework_types = self._alive, self.pids, self.framework_types
         while stack:  # runs once per object of the state: kept lean
             obj, path = stack.pop()
             key = id(obj)
             if key in alive:
                 continue
-            if externalizable(obj) or type(obj) in framework_types:
+            if externalizable(obj):
                 alive[key] = obj
-                paths[key] = path
+                if path:
+                    pids[key] = _PLAIN + self.unique(path)
+                continue
+            if type(obj) in framework_types:
+                alive[key] = obj
+                if path:
+                    self.names[key] = self.unique(path)
                 continue
             if isinstance(obj, _LEAVES):
                 continue
@@ -194,6 +216,17 @@ class _Walk:
         self.reductions[id(obj)] = value
         return value
 
+    def unique(self, name: str) -> str:
+        """``name`` (shortened to :data:`MAX_NAME`), or with a suffix ``_<n>`` if taken."""
+        if len(name) > MAX_NAME:
+            name = name[:MAX_NAME].rstrip("/")
+        candidate, n = name, 1
+        while candidate in self._used:
+            n += 1
+            candidate = f"{name}_{n}"
+        self._used.add(candidate)
+        return candidate
+
     def reduction(self, obj: object) -> tuple[Any, ...] | Any:
         value = self.reductions.get(id(obj))
         if value is None or self._alive.get(id(obj)) is not obj:
@@ -222,7 +255,6 @@ class _Externalizing:
         super().__init__(file, protocol=protocol)  # type: ignore[call-arg]
         self._walk = walk
         self._ids: dict[int, str] = {}  # id of each object made a member -> its persistent id
-        self._used: set[str] = set(RESERVED)
         self.arrays: list[tuple[str, np.ndarray]] = []
         self.entries: dict[str, dict[str, Any]] = {}
         self._kept: list[object] = []  # framework objects met: keeps their ids from being reused
@@ -230,13 +262,23 @@ class _Externalizing:
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) in _PICKLED_BY_TYPE:  # called for every object: keys, numbers...
             return None
-        pid = self._ids.get(id(obj))  # the objects of these ids are kept alive
-        if pid is not None:
-            return pid
+        key = id(obj)  # the objects of these ids are kept alive
+        pid = self._ids.get(key)
+        if pid is None:
+            pid = self._walk.pids.pop(key, None)
+            if pid is None:
+                return self._member(obj)
+            self.arrays.append((pid[len(_PLAIN) :], obj))  # a plain array the walk named, met first
+            self._ids[key] = pid
+        return pid
+
+    def _member(self, obj: Any) -> str | None:
+        """The persistent id of a framework object or of an array the walk did
+        not name, met for the first time (None for any other object)."""
         framework = self._walk.framework_types.get(type(obj))
         if framework is None and not externalizable(obj):
             return None
-        name = self._unique(self._walk.paths.get(id(obj)) or f"array_{len(self.arrays)}")
+        name = self._walk.names.get(id(obj)) or self._walk.unique(f"array_{len(self.arrays)}")
         if framework is not None:
             member = frameworks.as_member(obj, framework)
             pid = f"{member.kind}.{name}"
@@ -244,7 +286,7 @@ class _Externalizing:
             self.entries[name] = member.entry
             self._kept.append(obj)
         else:
-            pid = f"ndarray.{name}"
+            pid = _PLAIN + name
             self.arrays.append((name, obj))  # also keeps the id from being reused
         self._ids[id(obj)] = pid
         return pid
@@ -256,15 +298,6 @@ class _Externalizing:
         if value is NotImplemented:
             value = numpy_compat.reduction(obj) or NotImplemented
         return value
-
-    def _unique(self, name: str) -> str:
-        name = name[:MAX_NAME].rstrip("/")
-        candidate, n = name, 1
-        while candidate in self._used:
-            n += 1
-            candidate = f"{name}_{n}"
-        self._used.add(candidate)
-        return candidate
 
 
 class _FastPickler(_Externalizing, pickle.Pickler):
