@@ -23,6 +23,19 @@ import numpy as np
 
 from luigi_checkpoint.storage.errors import ArchiveError
 
+def laid_out(array: np.ndarray, how: str) -> np.ndarray:
+    """``array`` in memory layout ``how``: c, fortran, transpose, step or reversed (negative strides)."""
+    if array.ndim == 0 or how == "c":
+        return array
+    if how == "fortran":
+        return np.asfortranarray(array)
+    if how == "transpose":
+        return array.T
+    if how == "step":
+        return array[::2]
+    return array[::-1]  # negative strides
+
+
 # ---------------------------------------------------------------- state classes
 
 

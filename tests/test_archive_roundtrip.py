@@ -34,6 +34,7 @@ from .helpers_archive import (
     WithState,
     assert_array_exact,
     assert_same,
+    laid_out,
 )
 from luigi_checkpoint.storage.errors import ChecksumError
 from luigi_checkpoint.storage.archive import Frozen as ArchiveFrozen
@@ -58,20 +59,8 @@ DTYPES = st.one_of(
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
 
 
-def _layout(array: np.ndarray, how: str) -> np.ndarray:
-    if array.ndim == 0 or how == "c":
-        return array
-    if how == "fortran":
-        return np.asfortranarray(array)
-    if how == "transpose":
-        return array.T
-    if how == "step":
-        return array[::2]
-    return array[::-1]  # negative strides
-
-
 ARRAYS = st.builds(
-    _layout,
+    laid_out,
     hnp.arrays(DTYPES, SHAPES),
     st.sampled_from(["c", "fortran", "transpose", "step", "reversed"]),
 )

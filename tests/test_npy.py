@@ -13,6 +13,8 @@ from numpy.lib import format as npformat
 from luigi_checkpoint.storage import _npy as npy
 from luigi_checkpoint.storage.errors import BadNpyHeaderError
 
+from .helpers_archive import laid_out
+
 ARRAYS = {
     "c_order": np.arange(12, dtype="<f8").reshape(3, 4),
     "fortran": np.asfortranarray(np.arange(12, dtype="<i2").reshape(3, 4)),
@@ -154,24 +156,14 @@ def test_header_lengths_of_many_npys_agree_with_header_length_of_each(prefixes: 
     assert npy.header_lengths(rows).tolist() == expected
 
 
-def _laid_out(array: np.ndarray, how: str) -> np.ndarray:
-    if array.ndim == 0 or how == "c":
-        return array
-    if how == "f":
-        return np.asfortranarray(array)
-    if how == "t":
-        return array.T
-    return array[::2] if how == "step" else array[::-1]
-
-
 LAID_OUT = st.builds(
-    _laid_out,
+    laid_out,
     st.builds(
         lambda dtype, shape: np.arange(int(np.prod(shape)), dtype="<i8").astype(dtype).reshape(shape),
         st.sampled_from(["<f4", ">f4", "<i2", "|u1", "?", "<c8", "S2", "<U1", "<M8[s]", [("x", "<f4"), ("y", ">i2")]]),
         st.sampled_from([(), (0,), (1,), (5,), (2, 3), (3, 1), (1, 4), (2, 0, 3)]),
     ),
-    st.sampled_from(["c", "f", "t", "step", "rev"]),
+    st.sampled_from(["c", "fortran", "transpose", "step", "reversed"]),
 )
 
 
