@@ -189,7 +189,7 @@ def _array_entries(frozen: Frozen, headers: list[bytes], offsets: list[int | Non
             entry = {"name": name, "dtype": dtype, "shape": list(shape), "nbytes": nbytes, "offset": offset}
             entries.append(entry)
             extra = frozen.entries.get(name)
-            if extra or offset is None:  # framework members say what they were
+            if extra or offset is None:  # framework fields (what the member was), or no offset: json writes it
                 entry.update(extra or {})
                 texts.append(json.dumps(entry))
             else:
